@@ -1,0 +1,178 @@
+"""``ExClient``: ``httpx.AsyncClient`` on the reserving pool, with one flow per ``send()``.
+
+httpx builds its transports in two private hooks, ``_init_transport`` and
+``_init_proxy_transport``; overriding them is the only way to put our pool behind every route
+httpx builds itself (the default route, ``proxy=`` and environment proxies) while leaving
+``transport=`` and ``mounts=`` as they are. That is why httpx is capped below 0.29, and why
+``tests/test_client.py`` fails loudly if httpx stops calling those hooks.
+"""
+
+from __future__ import annotations
+
+import ssl
+import typing
+from collections.abc import Callable, Mapping
+
+import httpx
+from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
+
+from ._exceptions import UnsupportedConfiguration
+from ._pool import ConnectionInfo, Flow, close_all, current_flow
+from ._transport import DEFAULT_LIMITS, ExTransport
+
+__all__ = ["ExClient"]
+
+_DEFAULT_TIMEOUT = httpx.Timeout(timeout=5.0)
+
+
+class ExClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose pool lets you choose the connection of each request.
+
+    Takes exactly the arguments of ``httpx.AsyncClient`` (httpx 0.28) and behaves the same,
+    with three additions:
+
+    * every response from the pool carries ``response.extensions["conn_id"]``;
+    * a request with ``extensions={"conn_id": n}`` goes out on connection ``n``;
+    * the requests one ``send()`` makes (auth legs, redirects) keep their connection
+      reserved until ``send()`` returns (for streamed responses: until the response is closed),
+      so a connection-bound handshake is never split across connections.
+
+    Raises:
+        UnsupportedConfiguration: for ``http2=True`` and for limits that would close a
+            connection between the legs of a handshake (zero keep-alive).
+    """
+
+    def __init__(
+        self,
+        *,
+        auth: httpx._types.AuthTypes | None = None,
+        params: httpx._types.QueryParamTypes | None = None,
+        headers: httpx._types.HeaderTypes | None = None,
+        cookies: httpx._types.CookieTypes | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: httpx._types.CertTypes | None = None,
+        http1: bool = True,
+        http2: bool = False,
+        proxy: httpx._types.ProxyTypes | None = None,
+        mounts: Mapping[str, httpx.AsyncBaseTransport | None] | None = None,
+        timeout: httpx._types.TimeoutTypes = _DEFAULT_TIMEOUT,
+        follow_redirects: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        max_redirects: int = 20,
+        event_hooks: Mapping[str, list[Callable[..., typing.Any]]] | None = None,
+        base_url: httpx.URL | str = "",
+        transport: httpx.AsyncBaseTransport | None = None,
+        trust_env: bool = True,
+        default_encoding: str | Callable[[bytes], str] = "utf-8",
+    ) -> None:
+        if http2:
+            raise UnsupportedConfiguration(
+                "http2=True is not supported: NTLM and Negotiate authenticate a TCP connection "
+                "and do not run over HTTP/2, and multiplexing makes connection pinning moot. "
+                "Leave http2 off (ExClient speaks HTTP/1.1)."
+            )
+        super().__init__(
+            auth=auth,
+            params=params,
+            headers=headers,
+            cookies=cookies,
+            verify=verify,
+            cert=cert,
+            http1=http1,
+            http2=http2,
+            proxy=proxy,
+            mounts=mounts,
+            timeout=timeout,
+            follow_redirects=follow_redirects,
+            limits=limits,
+            max_redirects=max_redirects,
+            event_hooks=event_hooks,
+            base_url=base_url,
+            transport=transport,
+            trust_env=trust_env,
+            default_encoding=default_encoding,
+        )
+
+    # httpx's private transport hooks (see the module docstring).
+
+    def _init_transport(
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: httpx._types.CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        if transport is not None:
+            return transport
+        return ExTransport(
+            verify=verify, cert=cert, trust_env=trust_env, http1=http1, http2=http2, limits=limits
+        )
+
+    def _init_proxy_transport(
+        self,
+        proxy: httpx.Proxy,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: httpx._types.CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> httpx.AsyncBaseTransport:
+        return ExTransport(
+            verify=verify,
+            cert=cert,
+            trust_env=trust_env,
+            http1=http1,
+            http2=http2,
+            limits=limits,
+            proxy=proxy,
+        )
+
+    # One flow per send().
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: httpx._types.AuthTypes | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        follow_redirects: bool | UseClientDefault = USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """Send a request, as ``httpx.AsyncClient.send`` does, inside one flow.
+
+        Every connection a response of this call was read from stays reserved to the call
+        until it returns, so auth handshakes and redirects stay on their connection. A streamed
+        response keeps its own connection until it is closed.
+        """
+        flow = Flow()
+        token = current_flow.set(flow)
+        try:
+            return await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        finally:
+            current_flow.reset(token)
+            for _pool, conns in flow.end():
+                await close_all(conns)
+
+    # Introspection.
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """A snapshot of every connection in the client's pools (default route and mounts).
+
+        Each :class:`ConnectionInfo` has the ``conn_id``, ``origin``, ``partition``,
+        ``state`` and ``reserved`` flag of one open connection. Routes served by a transport
+        that is not an :class:`ExTransport` (``MockTransport``, ``ASGITransport``...) have no
+        connections to show.
+        """
+        seen: set[int] = set()
+        infos: list[ConnectionInfo] = []
+        for transport in (self._transport, *self._mounts.values()):
+            if isinstance(transport, ExTransport) and id(transport) not in seen:
+                seen.add(id(transport))
+                infos.extend(transport.connections)
+        return infos

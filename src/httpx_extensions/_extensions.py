@@ -1,0 +1,20 @@
+"""Names of the request/response ``extensions`` keys this library reads and writes.
+
+The auth layer and the pool never import each other: they talk only through these keys,
+defined once here.
+
+``CONN_ID``
+    On every response our pool serves: the id (an ``int``) of the connection it came on.
+    On a request: send it on that connection (a *pin*).
+``PARTITION``
+    On a request: the pool partition it may use. Connections opened for one partition are
+    never handed to a request of another (or of none). Auth classes set it from the identity
+    they authenticate as; any hashable value works.
+"""
+
+from __future__ import annotations
+
+CONN_ID = "conn_id"
+PARTITION = "partition"
+
+__all__ = ["CONN_ID", "PARTITION"]

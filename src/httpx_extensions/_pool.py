@@ -1,0 +1,714 @@
+"""The reserving connection pool.
+
+How it works
+============
+
+Stock pools treat every request alone: when a response is closed its connection goes back to
+the pool, and the next request, from any caller, may take it. Connection-bound authentication
+(NTLM, Negotiate) breaks under that rule, because the legs of one handshake must share a TCP
+connection. This pool adds three ideas on top of an ordinary HTTP/1.1 keep-alive pool.
+
+**Flows.** ``ExClient.send()`` opens a :class:`Flow` (held in a context variable) for the whole
+exchange: every auth leg and redirect it makes. When a response inside a live flow is closed,
+its connection becomes RESERVED to that flow instead of IDLE, and the flow's next request to
+the same (origin, partition) takes it back. When the flow ends, its reservations are freed.
+
+**Pins.** A request whose ``extensions["conn_id"]`` names a connection goes out on that
+connection, waiting for it if another request or flow holds it. A pin that cannot be honoured
+(connection closed, expired, unknown) is logged once at WARNING and the request takes a normal
+pick instead.
+
+**Partitions.** Connections are keyed by ``(origin, partition)``. A request only ever gets a
+connection of its own key, so a connection authenticated for one identity is never handed to a
+request of another identity, or of none.
+
+States
+------
+Each connection is in exactly one :class:`ConnectionState`; ``PooledConnection._move`` is the
+only place that changes it, and it raises :class:`ConnectionStateError` on a move the table
+below does not allow::
+
+    CONNECTING --> ACTIVE --> IDLE --> ACTIVE ...
+         |           |  \\              ^
+         |           |   +-> RESERVED --+
+         v           v          |
+       CLOSED <------+----------+ (from any state but CLOSED)
+
+ACTIVE means checked out: handed to one request, in flight, or being handed over. A connection
+is marked ACTIVE the moment it is handed out, so nobody else can see it as free.
+
+Cost
+----
+Decisions are made synchronously, without I/O, so on one event loop they are atomic and need no
+lock. Every decision is O(1) amortised: idle connections sit in one LIFO stack per key and in
+one age-ordered set; waiters sit in one FIFO queue; a freed connection wakes exactly one waiter.
+Nothing scans all queued requests. Connecting and closing happen outside the decisions; closes
+are shielded from cancellation.
+
+Limits
+------
+``max_connections`` counts every open connection, RESERVED ones included, plus ones being
+opened. ``max_keepalive_connections`` bounds IDLE connections only. With a full pool, requests
+queue FIFO. When the oldest waiter wants another key than the connection just freed, that
+connection is closed and the waiter gets its slot.
+
+A flow that holds a reservation and needs a connection for another key in a full pool gives
+up (closes) its own reservation rather than waiting for one forever; so flows cannot deadlock
+each other through reservations.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import httpcore
+
+from ._exceptions import ConnectionStateError, PoolClosed, PoolTimeout
+
+__all__ = [
+    "ConnectionInfo",
+    "ConnectionLike",
+    "ConnectionPool",
+    "ConnectionState",
+    "Flow",
+    "PooledConnection",
+    "current_flow",
+]
+
+logger = logging.getLogger("httpx_extensions.pool")
+
+# (scheme, host, port, partition): httpcore.Origin itself is not hashable.
+PoolKey = tuple[bytes, bytes, int, Hashable]
+
+
+class ConnectionLike(Protocol):
+    """What the pool needs of a connection: httpcore's ``AsyncHTTP11Connection`` fits."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
+
+    async def aclose(self) -> None: ...
+
+    def has_expired(self) -> bool: ...
+
+    def is_idle(self) -> bool: ...
+
+    def is_closed(self) -> bool: ...
+
+
+ConnectFactory = Callable[[httpcore.Origin, httpcore.Request], Awaitable[ConnectionLike]]
+
+
+class ConnectionState(enum.Enum):
+    """The states of a pooled connection. See the module docstring for the transitions."""
+
+    CONNECTING = "CONNECTING"
+    ACTIVE = "ACTIVE"
+    IDLE = "IDLE"
+    RESERVED = "RESERVED"
+    CLOSED = "CLOSED"
+
+
+_S = ConnectionState
+_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
+    _S.CONNECTING: frozenset({_S.ACTIVE, _S.CLOSED}),
+    _S.ACTIVE: frozenset({_S.IDLE, _S.RESERVED, _S.CLOSED}),
+    _S.IDLE: frozenset({_S.ACTIVE, _S.CLOSED}),
+    _S.RESERVED: frozenset({_S.ACTIVE, _S.IDLE, _S.CLOSED}),
+    _S.CLOSED: frozenset(),
+}
+
+_conn_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """A snapshot of one pooled connection, as returned by ``ExClient.connections``.
+
+    Attributes:
+        conn_id: The id shown on ``response.extensions["conn_id"]``; pin requests with it.
+        origin: ``scheme://host:port`` of the server the connection talks to.
+        partition: The partition key it belongs to (``None`` for requests without one).
+        state: Its :class:`ConnectionState`.
+        reserved: True when RESERVED to a running ``send()``.
+        requests: How many requests it has carried.
+    """
+
+    conn_id: int
+    origin: str
+    partition: Hashable
+    state: ConnectionState
+    reserved: bool
+    requests: int
+
+
+def _origin_str(origin: httpcore.Origin) -> str:
+    return f"{origin.scheme.decode('ascii')}://{origin.host.decode('ascii')}:{origin.port}"
+
+
+class PooledConnection:
+    """One connection of the pool: its id, key, state and the flow that holds it."""
+
+    __slots__ = (
+        "_state",
+        "conn_id",
+        "connection",
+        "flow",
+        "idle_since",
+        "key",
+        "origin",
+        "pin_waiters",
+        "requests",
+    )
+
+    def __init__(self, origin: httpcore.Origin, key: PoolKey, flow: Flow | None) -> None:
+        self.conn_id = next(_conn_ids)
+        self.origin = origin
+        self.key = key
+        self.flow = flow
+        self.connection: ConnectionLike | None = None
+        self._state = ConnectionState.CONNECTING
+        self.idle_since = 0.0
+        self.requests = 0
+        self.pin_waiters: deque[_Waiter] | None = None
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def partition(self) -> Hashable:
+        return self.key[3]
+
+    def _move(self, new: ConnectionState) -> None:
+        if new not in _TRANSITIONS[self._state]:
+            raise ConnectionStateError(
+                f"connection {self.conn_id} cannot move from {self._state.name} to {new.name}"
+            )
+        self._state = new
+
+    def is_idle(self) -> bool:
+        return self._state is ConnectionState.IDLE
+
+    def is_reserved(self) -> bool:
+        return self._state is ConnectionState.RESERVED
+
+    def is_closed(self) -> bool:
+        return self._state is ConnectionState.CLOSED
+
+    def has_expired(self) -> bool:
+        """True when the server has closed it or its keep-alive time has run out."""
+        return self.connection is not None and self.connection.has_expired()
+
+    def info(self) -> ConnectionInfo:
+        return ConnectionInfo(
+            conn_id=self.conn_id,
+            origin=_origin_str(self.origin),
+            partition=self.partition,
+            state=self._state,
+            reserved=self._state is ConnectionState.RESERVED,
+            requests=self.requests,
+        )
+
+    def __repr__(self) -> str:
+        partition = "" if self.partition is None else f", partition={self.partition!r}"
+        return (
+            f"<PooledConnection conn_id={self.conn_id} [{_origin_str(self.origin)}, "
+            f"{self._state.name}{partition}, requests={self.requests}]>"
+        )
+
+
+class Flow:
+    """One ``ExClient.send()``: its auth legs and redirects share reserved connections.
+
+    Create one, set it as :data:`current_flow` around the requests that belong together, and
+    call :meth:`end` when they are done (``ExClient`` does all of this for you).
+    """
+
+    __slots__ = ("_reserved", "live")
+
+    def __init__(self) -> None:
+        self.live = True
+        # (pool, key) -> connections RESERVED to this flow; nearly always 0 or 1 entries.
+        self._reserved: dict[tuple[ConnectionPool, PoolKey], list[PooledConnection]] = {}
+
+    def _reserve(self, pool: ConnectionPool, conn: PooledConnection) -> None:
+        self._reserved.setdefault((pool, conn.key), []).append(conn)
+
+    def _take(self, pool: ConnectionPool, key: PoolKey) -> PooledConnection | None:
+        conns = self._reserved.get((pool, key))
+        if not conns:
+            return None
+        conn = conns.pop()
+        if not conns:
+            del self._reserved[(pool, key)]
+        return conn
+
+    def _take_any(self, pool: ConnectionPool) -> PooledConnection | None:
+        for pool_key in self._reserved:
+            if pool_key[0] is pool:
+                return self._take(pool, pool_key[1])
+        return None
+
+    def _discard(self, pool: ConnectionPool, conn: PooledConnection) -> None:
+        conns = self._reserved[(pool, conn.key)]
+        conns.remove(conn)
+        if not conns:
+            del self._reserved[(pool, conn.key)]
+
+    def end(self) -> list[tuple[ConnectionPool, list[ConnectionLike]]]:
+        """Release every reservation. Returns connections to close (see ``close_all``)."""
+        self.live = False
+        if not self._reserved:
+            return []
+        reserved, self._reserved = self._reserved, {}
+        closing: list[tuple[ConnectionPool, list[ConnectionLike]]] = []
+        for (pool, _key), conns in reserved.items():
+            to_close: list[ConnectionLike] = []
+            for conn in conns:
+                pool._free(conn, to_close)
+            if to_close:
+                closing.append((pool, to_close))
+        return closing
+
+    def __repr__(self) -> str:
+        held = sum(len(conns) for conns in self._reserved.values())
+        return f"<Flow {'live' if self.live else 'ended'}, {held} reserved>"
+
+
+current_flow: ContextVar[Flow | None] = ContextVar("httpx_extensions_flow", default=None)
+
+
+class _Waiter:
+    """A request waiting for a connection (any of its key, or one pinned connection)."""
+
+    __slots__ = ("conn", "error", "event", "flow", "key", "origin")
+
+    def __init__(self, origin: httpcore.Origin, key: PoolKey, flow: Flow | None) -> None:
+        self.origin = origin
+        self.key = key
+        self.flow = flow
+        self.event = anyio.Event()
+        self.conn: PooledConnection | None = None
+        self.error: Exception | None = None
+
+
+async def close_all(conns: Iterable[ConnectionLike]) -> None:
+    """Close connections, shielded from cancellation; a failing close is only logged."""
+    with anyio.CancelScope(shield=True):
+        for connection in conns:
+            try:
+                await connection.aclose()
+            except Exception as exc:  # a broken socket may complain on close
+                logger.debug("error while closing a connection: %r", exc)
+
+
+class ConnectionPool:
+    """HTTP/1.1 connection pool with flows, pins and partitions.
+
+    Args:
+        connect: Opens a connection to an origin (TCP, TLS, proxy tunnel) for a request.
+        max_connections: Upper bound on open connections, RESERVED ones included.
+        max_keepalive_connections: Upper bound on IDLE connections.
+        keepalive_expiry: Seconds an IDLE connection may stay open.
+    """
+
+    def __init__(
+        self,
+        connect: ConnectFactory,
+        *,
+        max_connections: int | None = 100,
+        max_keepalive_connections: int | None = 20,
+        keepalive_expiry: float | None = 5.0,
+    ) -> None:
+        self._connect = connect
+        self._max_connections = max_connections
+        self._max_keepalive = max_keepalive_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._conns: dict[int, PooledConnection] = {}
+        self._idle: dict[PoolKey, OrderedDict[PooledConnection, None]] = {}
+        self._idle_by_age: OrderedDict[PooledConnection, None] = OrderedDict()
+        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self._closed = False
+
+    # Introspection.
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """A snapshot of every open connection, oldest first."""
+        return [conn.info() for conn in self._conns.values()]
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are queued for a connection (pinned ones included)."""
+        pinned = sum(len(c.pin_waiters) for c in self._conns.values() if c.pin_waiters)
+        return len(self._waiters) + pinned
+
+    def __repr__(self) -> str:
+        counts = dict.fromkeys(ConnectionState, 0)
+        for conn in self._conns.values():
+            counts[conn.state] += 1
+        parts = ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n)
+        return f"<ConnectionPool [{parts or 'empty'}, {len(self._waiters)} waiting]>"
+
+    # Check-out.
+
+    async def acquire(
+        self,
+        request: httpcore.Request,
+        origin: httpcore.Origin,
+        partition: Hashable = None,
+        pin: int | None = None,
+        timeout: float | None = None,
+    ) -> PooledConnection:
+        """Check out a connected connection for ``request``; it is ACTIVE on return.
+
+        Raises:
+            PoolTimeout: nothing became available within ``timeout`` seconds.
+            PoolClosed: the pool was closed.
+        """
+        if self._closed:
+            raise PoolClosed("The connection pool was closed; open a new client to send requests.")
+        key: PoolKey = (origin.scheme, origin.host, origin.port, partition)
+        flow = current_flow.get()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        to_close: list[ConnectionLike] = []
+
+        conn: PooledConnection | None = None
+        waiter: _Waiter | None = None
+        if pin is not None:
+            conn, waiter = self._pick_pinned(pin, origin, key, flow, to_close)
+        if conn is None and waiter is None:
+            conn = self._pick(origin, key, flow, to_close)
+            if conn is None:
+                waiter = _Waiter(origin, key, flow)
+                self._waiters[waiter] = None
+        if to_close:
+            await close_all(to_close)
+
+        while conn is None:
+            assert waiter is not None
+            conn = await self._wait(waiter, deadline)
+            if conn is None:  # the pinned connection closed while we waited for it
+                if self._closed:
+                    raise PoolClosed("The connection pool was closed while this request waited.")
+                logger.warning("conn_id %s closed while waiting for it; using another", pin)
+                conn = self._pick(origin, key, flow, to_close := [])
+                if conn is None:
+                    waiter = _Waiter(origin, key, flow)
+                    self._waiters[waiter] = None
+                if to_close:
+                    await close_all(to_close)
+
+        if conn.connection is None:
+            await self._open(conn, request)
+        conn.requests += 1
+        return conn
+
+    def _pick_pinned(
+        self,
+        pin: int,
+        origin: httpcore.Origin,
+        key: PoolKey,
+        flow: Flow | None,
+        to_close: list[ConnectionLike],
+    ) -> tuple[PooledConnection | None, _Waiter | None]:
+        conn = self._conns.get(pin)
+        if conn is None:
+            logger.warning(
+                "conn_id %s is not open in this pool (closed or unknown); "
+                "sending on another connection",
+                pin,
+            )
+            return None, None
+        if conn.key[:3] != key[:3]:
+            # Not a warning: httpx copies extensions onto cross-origin redirects.
+            logger.debug(
+                "conn_id %s serves %s, not this request's origin; ignoring the pin",
+                pin,
+                _origin_str(conn.origin),
+            )
+            return None, None
+        if conn.partition != key[3]:
+            logger.warning(
+                "conn_id %s belongs to another partition (identity); "
+                "refusing the pin and sending on another connection",
+                pin,
+            )
+            return None, None
+        state = conn.state
+        if state is ConnectionState.IDLE or (
+            state is ConnectionState.RESERVED and conn.flow is flow
+        ):
+            if conn.has_expired():
+                logger.warning(
+                    "conn_id %s has expired (closed by the server or idle too "
+                    "long); sending on another connection",
+                    pin,
+                )
+                self._drop(conn, to_close)
+                self._grant_slots()
+                return None, None
+            self._check_out(conn, flow)
+            return conn, None
+        # ACTIVE, CONNECTING, or RESERVED by another flow: wait for it.
+        waiter = _Waiter(origin, key, flow)
+        if conn.pin_waiters is None:
+            conn.pin_waiters = deque()
+        conn.pin_waiters.append(waiter)
+        return None, waiter
+
+    def _pick(
+        self,
+        origin: httpcore.Origin,
+        key: PoolKey,
+        flow: Flow | None,
+        to_close: list[ConnectionLike],
+    ) -> PooledConnection | None:
+        self._expire_oldest_idle(to_close)
+        if flow is not None and flow._reserved:
+            while (conn := flow._take(self, key)) is not None:
+                if not conn.has_expired():
+                    conn._move(ConnectionState.ACTIVE)
+                    return conn
+                self._drop(conn, to_close)
+        stack = self._idle.get(key)
+        while stack:
+            conn, _ = stack.popitem()
+            del self._idle_by_age[conn]
+            if not stack:
+                del self._idle[key]
+            if not conn.has_expired():
+                conn._move(ConnectionState.ACTIVE)
+                conn.flow = flow
+                return conn
+            self._drop(conn, to_close)
+        if self._max_connections is None or len(self._conns) < self._max_connections:
+            return self._new(origin, key, flow)
+        # Full. Close the longest-idle connection of another key, then one of our own
+        # reservations, before making anyone wait.
+        if self._idle_by_age:
+            victim, _ = self._idle_by_age.popitem(last=False)
+            self._remove_idle(victim)
+            self._drop(victim, to_close)
+            return self._new(origin, key, flow)
+        if flow is not None and (own := flow._take_any(self)) is not None:
+            self._drop(own, to_close)
+            return self._new(origin, key, flow)
+        return None
+
+    def _new(self, origin: httpcore.Origin, key: PoolKey, flow: Flow | None) -> PooledConnection:
+        conn = PooledConnection(origin, key, flow)
+        self._conns[conn.conn_id] = conn
+        return conn
+
+    def _check_out(self, conn: PooledConnection, flow: Flow | None) -> None:
+        if conn.state is ConnectionState.IDLE:
+            self._remove_idle(conn)
+        elif conn.flow is not None:
+            conn.flow._discard(self, conn)
+        conn._move(ConnectionState.ACTIVE)
+        conn.flow = flow
+
+    async def _open(self, conn: PooledConnection, request: httpcore.Request) -> None:
+        try:
+            conn.connection = await self._connect(conn.origin, request)
+        except BaseException:
+            # Connect failed or was cancelled: give the slot to the next waiter.
+            if not conn.is_closed():
+                self._drop(conn, [])
+                self._grant_slots()
+            raise
+        if conn.state is ConnectionState.CLOSED:  # the pool was closed meanwhile
+            await close_all([conn.connection])
+            raise PoolClosed("The connection pool was closed while connecting.")
+        conn._move(ConnectionState.ACTIVE)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("opened conn_id %s to %s", conn.conn_id, _origin_str(conn.origin))
+
+    async def _wait(self, waiter: _Waiter, deadline: float | None) -> PooledConnection | None:
+        try:
+            if deadline is None:
+                await waiter.event.wait()
+            else:
+                with anyio.fail_after(max(deadline - time.monotonic(), 0)):
+                    await waiter.event.wait()
+        except BaseException as exc:
+            if waiter.event.is_set():
+                # Handed a connection just as we gave up: put it back.
+                if waiter.conn is not None:
+                    await self._give_back(waiter.conn)
+            else:
+                self._forget(waiter)
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    "No connection became available within the pool timeout; raise "
+                    "`timeout=httpx.Timeout(..., pool=...)` or `limits.max_connections`."
+                ) from None
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.conn
+
+    def _forget(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            del self._waiters[waiter]
+            return
+        for conn in self._conns.values():  # a pinned waiter: rare, and only on timeout
+            if conn.pin_waiters and waiter in conn.pin_waiters:
+                conn.pin_waiters.remove(waiter)
+                return
+
+    async def _give_back(self, conn: PooledConnection) -> None:
+        if conn.connection is None:  # a slot for a connection not opened yet
+            self._drop(conn, [])
+            self._grant_slots()
+            return
+        await self.release(conn)
+
+    # Check-in.
+
+    async def release(self, conn: PooledConnection) -> None:
+        """Give back a connection whose response is closed (or whose request failed)."""
+        to_close = self.release_nowait(conn)
+        if to_close:
+            await close_all(to_close)
+
+    def release_nowait(self, conn: PooledConnection) -> list[ConnectionLike]:
+        """The decision half of :meth:`release`: returns connections the caller must close."""
+        to_close: list[ConnectionLike] = []
+        if conn.state is ConnectionState.CLOSED:  # the pool was closed under us
+            return to_close
+        inner = conn.connection
+        if inner is None or not inner.is_idle() or self._closed:
+            self._drop(conn, to_close)
+            self._grant_slots()
+            return to_close
+        flow = conn.flow
+        if flow is not None and flow.live:
+            conn._move(ConnectionState.RESERVED)
+            if conn.pin_waiters:
+                for waiter in conn.pin_waiters:
+                    if waiter.flow is flow:
+                        conn.pin_waiters.remove(waiter)
+                        conn._move(ConnectionState.ACTIVE)
+                        self._hand(waiter, conn)
+                        return to_close
+            flow._reserve(self, conn)
+            return to_close
+        self._free(conn, to_close)
+        return to_close
+
+    def _free(self, conn: PooledConnection, to_close: list[ConnectionLike]) -> None:
+        """An ACTIVE or RESERVED connection is free for anyone: hand it on or park it."""
+        if self._closed:
+            self._drop(conn, to_close)
+            return
+        conn._move(ConnectionState.IDLE)
+        conn.flow = None
+        if conn.pin_waiters:
+            waiter = conn.pin_waiters.popleft()
+            conn._move(ConnectionState.ACTIVE)
+            self._hand(waiter, conn)
+            return
+        if self._waiters:
+            waiter, _ = self._waiters.popitem(last=False)
+            if waiter.key == conn.key:
+                conn._move(ConnectionState.ACTIVE)
+                self._hand(waiter, conn)
+            else:
+                # The oldest waiter wants another origin or partition: it gets the slot.
+                self._drop(conn, to_close)
+                self._hand(waiter, self._new(waiter.origin, waiter.key, waiter.flow))
+            return
+        conn.idle_since = time.monotonic()
+        stack = self._idle.get(conn.key)
+        if stack is None:
+            stack = self._idle[conn.key] = OrderedDict()
+        stack[conn] = None
+        self._idle_by_age[conn] = None
+        if self._max_keepalive is not None and len(self._idle_by_age) > self._max_keepalive:
+            victim, _ = self._idle_by_age.popitem(last=False)
+            self._remove_idle(victim)
+            self._drop(victim, to_close)
+
+    def _hand(self, waiter: _Waiter, conn: PooledConnection) -> None:
+        waiter.conn = conn
+        conn.flow = waiter.flow
+        waiter.event.set()
+
+    def _grant_slots(self) -> None:
+        """Capacity was freed: let the oldest waiters open new connections."""
+        while self._waiters and (
+            self._max_connections is None or len(self._conns) < self._max_connections
+        ):
+            waiter, _ = self._waiters.popitem(last=False)
+            self._hand(waiter, self._new(waiter.origin, waiter.key, waiter.flow))
+
+    def _remove_idle(self, conn: PooledConnection) -> None:
+        self._idle_by_age.pop(conn, None)
+        stack = self._idle[conn.key]
+        del stack[conn]
+        if not stack:
+            del self._idle[conn.key]
+
+    def _drop(self, conn: PooledConnection, to_close: list[ConnectionLike]) -> None:
+        """Move to CLOSED and forget it. The caller has removed it from idle/flow indexes."""
+        conn._move(ConnectionState.CLOSED)
+        del self._conns[conn.conn_id]
+        if conn.connection is not None and not conn.connection.is_closed():
+            to_close.append(conn.connection)
+        if conn.pin_waiters:
+            waiters, conn.pin_waiters = conn.pin_waiters, None
+            for waiter in waiters:  # they fall back to a normal pick
+                waiter.event.set()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("closed conn_id %s", conn.conn_id)
+
+    def _expire_oldest_idle(self, to_close: list[ConnectionLike]) -> None:
+        # Amortised O(1) sweep: idle connections are ordered by age, so only the head can
+        # have outlived the keep-alive expiry.
+        if self._keepalive_expiry is None or not self._idle_by_age:
+            return
+        limit = time.monotonic() - self._keepalive_expiry
+        while self._idle_by_age:
+            oldest = next(iter(self._idle_by_age))
+            if oldest.idle_since > limit:
+                return
+            self._remove_idle(oldest)
+            self._drop(oldest, to_close)
+
+    # Shutdown.
+
+    async def aclose(self) -> None:
+        """Close every connection and fail every waiter with :class:`PoolClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        to_close: list[ConnectionLike] = []
+        for conn in list(self._conns.values()):
+            if conn.flow is not None and conn.state is ConnectionState.RESERVED:
+                conn.flow._discard(self, conn)
+            if conn.state is ConnectionState.IDLE:
+                self._remove_idle(conn)
+            self._drop(conn, to_close)
+        error = PoolClosed("The connection pool was closed while this request waited.")
+        while self._waiters:
+            waiter, _ = self._waiters.popitem(last=False)
+            waiter.error = error
+            waiter.event.set()
+        await close_all(to_close)
+
+    async def __aenter__(self) -> ConnectionPool:
+        return self
+
+    async def __aexit__(self, *args: Any) -> None:
+        await self.aclose()

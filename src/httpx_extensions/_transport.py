@@ -1,0 +1,420 @@
+"""The httpx transport in front of the reserving pool.
+
+It turns an ``httpx.Request`` into an httpcore request, checks a connection out of the pool
+(honouring ``extensions["conn_id"]`` and ``extensions["partition"]``), opens it when new
+(TCP, TLS, or through an HTTP proxy: absolute-form for ``http://`` targets, a CONNECT tunnel
+for ``https://`` ones), and hands back an ``httpx.Response`` whose ``extensions["conn_id"]``
+names the connection. The connection goes back to the pool when the response is closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import typing
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+
+import httpcore
+import httpx
+
+from ._exceptions import UnsupportedConfiguration
+from ._extensions import CONN_ID, PARTITION
+from ._pool import ConnectionInfo, ConnectionLike, ConnectionPool, PooledConnection
+
+__all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
+
+#: httpx's default limits, restated so our default does not depend on httpx internals.
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+_DEFAULT_PORTS = {b"http": 80, b"https": 443, b"ws": 80, b"wss": 443}
+_TLS_SCHEMES = (b"https", b"wss")
+
+# httpcore -> httpx, most specific first; the first isinstance match wins.
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _map_exception(exc: Exception) -> httpx.HTTPError | None:
+    """The httpx exception for an httpcore one, or None when it is not httpcore's."""
+    for core_type, httpx_type in _EXCEPTIONS:
+        if isinstance(exc, core_type):
+            return httpx_type(str(exc))
+    return None
+
+
+def _check_limits(limits: httpx.Limits) -> None:
+    # A zero here would close the connection between the legs of a handshake.
+    if limits.keepalive_expiry is not None and limits.keepalive_expiry <= 0:
+        raise UnsupportedConfiguration(
+            f"keepalive_expiry={limits.keepalive_expiry!r} would close every connection as "
+            "soon as its response ends, which breaks connection-bound auth (NTLM, Negotiate) "
+            "and pinning; use a positive number of seconds, or None for no expiry."
+        )
+    if limits.max_keepalive_connections is not None and limits.max_keepalive_connections <= 0:
+        raise UnsupportedConfiguration(
+            f"max_keepalive_connections={limits.max_keepalive_connections!r} would close every "
+            "connection as soon as its response ends, which breaks connection-bound auth and "
+            "pinning; use a positive number, or None for no bound."
+        )
+    if limits.max_connections is not None and limits.max_connections <= 0:
+        raise UnsupportedConfiguration(
+            f"max_connections={limits.max_connections!r} leaves no connection to send on; "
+            "use a positive number, or None for no bound."
+        )
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The response body; closing it gives the connection back to the pool."""
+
+    __slots__ = ("_closed", "_conn", "_pool", "_stream")
+
+    def __init__(
+        self, stream: typing.AsyncIterable[bytes], pool: ConnectionPool, conn: PooledConnection
+    ) -> None:
+        self._stream = stream
+        self._pool = pool
+        self._conn = conn
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._stream:
+                yield part
+        except Exception as exc:
+            mapped = _map_exception(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            # Decide synchronously even when cancelled: a cancelled close leaves httpcore's
+            # connection mid-response, and release() then closes it instead of reusing it.
+            await self._pool.release(self._conn)
+
+
+class ExTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncHTTPTransport`` work-alike on the reserving pool.
+
+    Takes the same arguments as ``httpx.AsyncHTTPTransport``. Pass it as
+    ``ExClient(transport=...)`` or in ``mounts=`` to tune one route; ``ExClient`` builds one
+    for you otherwise.
+
+    Raises:
+        UnsupportedConfiguration: ``http2=True``, ``http1=False``, or limits the pool cannot
+            honour (zero keep-alive), with a sentence saying why.
+    """
+
+    def __init__(
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: httpx._types.CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        proxy: httpx._types.ProxyTypes | None = None,
+        uds: str | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> None:
+        if http2:
+            raise UnsupportedConfiguration(
+                "http2=True is not supported: NTLM and Negotiate authenticate a TCP connection "
+                "and do not run over HTTP/2, and multiplexing makes connection pinning moot. "
+                "Leave http2 off (ExClient speaks HTTP/1.1)."
+            )
+        if not http1:
+            raise UnsupportedConfiguration(
+                "http1=False leaves no protocol to speak: ExClient supports HTTP/1.1 only."
+            )
+        if not isinstance(limits, httpx.Limits):
+            raise TypeError(f"limits must be an httpx.Limits, not {type(limits).__name__}")
+        _check_limits(limits)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+
+        self._ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self._ssl_context.set_alpn_protocols(["http/1.1"])
+        self._uds = uds
+        self._local_address = local_address
+        self._retries = retries
+        self._socket_options = list(socket_options) if socket_options is not None else None
+        self._keepalive_expiry = limits.keepalive_expiry
+        self._backend = httpcore.AnyIOBackend()
+
+        self._proxy: httpx.Proxy | None = None
+        self._proxy_origin: httpcore.Origin | None = None
+        self._proxy_headers: list[tuple[bytes, bytes]] = []
+        if proxy is not None:
+            self._init_proxy(
+                httpx.Proxy(url=proxy) if isinstance(proxy, (str, httpx.URL)) else proxy
+            )
+
+        self._pool = ConnectionPool(
+            self._open_connection,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+
+    def _init_proxy(self, proxy: httpx.Proxy) -> None:
+        scheme = proxy.url.scheme
+        if scheme not in ("http", "https"):
+            raise UnsupportedConfiguration(
+                f"Proxy scheme {scheme!r} is not supported by ExClient's pool; use an "
+                "http:// or https:// proxy (forwarding and CONNECT tunnels are supported)."
+            )
+        self._proxy = proxy
+        url = proxy.url
+        self._proxy_origin = httpcore.Origin(
+            url.raw_scheme, url.raw_host, url.port or _DEFAULT_PORTS[url.raw_scheme]
+        )
+        headers = list(proxy.headers.raw)
+        if proxy.raw_auth is not None:
+            user, password = proxy.raw_auth
+            token = base64.b64encode(user + b":" + password)
+            headers = [(k, v) for k, v in headers if k.lower() != b"proxy-authorization"]
+            headers.append((b"Proxy-Authorization", b"Basic " + token))
+        self._proxy_headers = headers
+
+    # Introspection.
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The :class:`ConnectionPool` behind this transport."""
+        return self._pool
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """A snapshot of every open connection: id, origin, partition, state, reservation."""
+        return self._pool.connections
+
+    def __repr__(self) -> str:
+        proxy = f" via {self._proxy.url}" if self._proxy is not None else ""
+        return f"<ExTransport{proxy} {self._pool!r}>"
+
+    # Sending.
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            if not scheme:
+                raise httpx.UnsupportedProtocol(
+                    "Request URL is missing an 'http://' or 'https://' protocol.",
+                    request=request,
+                )
+            raise httpx.UnsupportedProtocol(
+                f"Request URL has an unsupported protocol '{url.scheme}://'.", request=request
+            )
+        if not url.raw_host:
+            raise httpx.UnsupportedProtocol("Request URL is missing a host name.", request=request)
+        extensions = request.extensions
+        pin = extensions.get(CONN_ID)
+        if pin is not None and (isinstance(pin, bool) or not isinstance(pin, int)):
+            raise TypeError(
+                f"request.extensions[{CONN_ID!r}] must be the int found on "
+                f"response.extensions[{CONN_ID!r}], not {type(pin).__name__}"
+            )
+        partition = extensions.get(PARTITION)
+        port = url.port or _DEFAULT_PORTS[scheme]
+        origin = httpcore.Origin(scheme, url.raw_host, port)
+        timeout = extensions.get("timeout")
+        pool_timeout = timeout.get("pool") if timeout else None
+
+        headers = request.headers.raw
+        if self._proxy_origin is not None and scheme not in _TLS_SCHEMES:
+            # Forward proxying: absolute-form target on a connection to the proxy.
+            core_url = httpcore.URL(
+                scheme=self._proxy_origin.scheme,
+                host=self._proxy_origin.host,
+                port=self._proxy_origin.port,
+                target=bytes(str(url), "ascii"),
+            )
+            headers = self._with_proxy_headers(headers)
+        else:
+            core_url = httpcore.URL(
+                scheme=scheme, host=url.raw_host, port=port, target=url.raw_path
+            )
+        core_request = httpcore.Request(
+            method=request.method,
+            url=core_url,
+            headers=headers,
+            content=request.stream,
+            extensions=extensions,
+        )
+
+        try:
+            conn = await self._pool.acquire(core_request, origin, partition, pin, pool_timeout)
+        except Exception as exc:
+            mapped = _map_exception(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        connection = conn.connection
+        assert connection is not None
+        try:
+            response = await connection.handle_async_request(core_request)
+        except BaseException as exc:
+            await self._pool.release(conn)
+            mapped = _map_exception(exc) if isinstance(exc, Exception) else None
+            if mapped is None:
+                raise
+            raise mapped from exc
+        response_extensions = response.extensions
+        response_extensions[CONN_ID] = conn.conn_id
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream, self._pool, conn),  # type: ignore[arg-type]
+            extensions=response_extensions,
+        )
+
+    def _with_proxy_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if not self._proxy_headers:
+            return headers
+        own = {key.lower() for key, _ in headers}
+        return [(k, v) for k, v in self._proxy_headers if k.lower() not in own] + list(headers)
+
+    # Connecting.
+
+    async def _open_connection(
+        self, origin: httpcore.Origin, request: httpcore.Request
+    ) -> ConnectionLike:
+        timeouts = request.extensions.get("timeout") or {}
+        timeout = timeouts.get("connect")
+        if self._proxy_origin is None:
+            stream = await self._connect_tcp(origin, timeout)
+            if origin.scheme in _TLS_SCHEMES:
+                sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
+                stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
+            return httpcore.AsyncHTTP11Connection(origin, stream, self._keepalive_expiry)
+
+        proxy_origin = self._proxy_origin
+        stream = await self._connect_tcp(proxy_origin, timeout)
+        if proxy_origin.scheme == b"https":
+            assert self._proxy is not None
+            proxy_context = self._proxy.ssl_context or self._ssl_context
+            stream = await self._start_tls(
+                stream, proxy_context, proxy_origin.host.decode("ascii"), timeout
+            )
+        if origin.scheme not in _TLS_SCHEMES:
+            return httpcore.AsyncHTTP11Connection(proxy_origin, stream, self._keepalive_expiry)
+        stream = await self._tunnel(stream, proxy_origin, origin, request)
+        sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
+        stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
+        return httpcore.AsyncHTTP11Connection(origin, stream, self._keepalive_expiry)
+
+    async def _connect_tcp(
+        self, origin: httpcore.Origin, timeout: float | None
+    ) -> httpcore.AsyncNetworkStream:
+        retries_left = self._retries
+        delay = 0.0
+        while True:
+            try:
+                if self._uds is not None:
+                    return await self._backend.connect_unix_socket(
+                        self._uds, timeout=timeout, socket_options=self._socket_options
+                    )
+                return await self._backend.connect_tcp(
+                    origin.host.decode("ascii"),
+                    origin.port,
+                    timeout=timeout,
+                    local_address=self._local_address,
+                    socket_options=self._socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                if retries_left <= 0:
+                    raise
+                retries_left -= 1
+                await self._backend.sleep(delay)
+                delay = 0.5 if delay == 0 else delay * 2
+
+    async def _start_tls(
+        self,
+        stream: httpcore.AsyncNetworkStream,
+        context: ssl.SSLContext,
+        server_hostname: str,
+        timeout: float | None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await stream.start_tls(context, server_hostname=server_hostname, timeout=timeout)
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    async def _tunnel(
+        self,
+        stream: httpcore.AsyncNetworkStream,
+        proxy_origin: httpcore.Origin,
+        origin: httpcore.Origin,
+        request: httpcore.Request,
+    ) -> httpcore.AsyncNetworkStream:
+        target = b"%b:%d" % (origin.host, origin.port)
+        proxy_connection = httpcore.AsyncHTTP11Connection(proxy_origin, stream)
+        connect_request = httpcore.Request(
+            method=b"CONNECT",
+            url=httpcore.URL(
+                scheme=proxy_origin.scheme,
+                host=proxy_origin.host,
+                port=proxy_origin.port,
+                target=target,
+            ),
+            headers=[(b"Host", target), (b"Accept", b"*/*"), *self._proxy_headers],
+            extensions=request.extensions,
+        )
+        try:
+            response = await proxy_connection.handle_async_request(connect_request)
+        except BaseException:
+            await proxy_connection.aclose()
+            raise
+        if not 200 <= response.status < 300:
+            reason = response.extensions.get("reason_phrase", b"").decode("ascii", "ignore")
+            await proxy_connection.aclose()
+            raise httpcore.ProxyError(f"{response.status} {reason}".strip())
+        network_stream: httpcore.AsyncNetworkStream = response.extensions["network_stream"]
+        return network_stream
+
+    # Shutdown.
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    async def __aenter__(self) -> ExTransport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.aclose()
+
+
+#: The seed's name for the transport, kept importable.
+AsyncHTTPTransportMixin = ExTransport
