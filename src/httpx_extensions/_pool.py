@@ -454,6 +454,7 @@ class ConnectionPool:
                     "long); sending on another connection",
                     pin,
                 )
+                self._detach(conn)
                 self._drop(conn, to_close)
                 self._grant_slots()
                 return None, None
@@ -511,12 +512,16 @@ class ConnectionPool:
         return conn
 
     def _check_out(self, conn: PooledConnection, flow: Flow | None) -> None:
-        if conn.state is ConnectionState.IDLE:
-            self._remove_idle(conn)
-        elif conn.flow is not None:
-            conn.flow._discard(self, conn)
+        self._detach(conn)
         conn._move(ConnectionState.ACTIVE)
         conn.flow = flow
+
+    def _detach(self, conn: PooledConnection) -> None:
+        """Take a free (IDLE or RESERVED) connection out of the index that holds it."""
+        if conn.state is ConnectionState.IDLE:
+            self._remove_idle(conn)
+        elif conn.state is ConnectionState.RESERVED and conn.flow is not None:
+            conn.flow._discard(self, conn)
 
     async def _open(self, conn: PooledConnection, request: httpcore.Request) -> None:
         try:
@@ -695,10 +700,7 @@ class ConnectionPool:
         self._closed = True
         to_close: list[ConnectionLike] = []
         for conn in list(self._conns.values()):
-            if conn.flow is not None and conn.state is ConnectionState.RESERVED:
-                conn.flow._discard(self, conn)
-            if conn.state is ConnectionState.IDLE:
-                self._remove_idle(conn)
+            self._detach(conn)
             self._drop(conn, to_close)
         error = PoolClosed("The connection pool was closed while this request waited.")
         while self._waiters:

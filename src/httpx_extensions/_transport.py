@@ -49,6 +49,11 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 )
 
 
+# Mocking libraries (respx) patch this method to intercept requests; when it is not httpcore's
+# own, requests are handed to it so those mocks work with ExClient unchanged.
+_STOCK_POOL_HANDLER = httpcore.AsyncConnectionPool.handle_async_request
+
+
 def _map_exception(exc: Exception) -> httpx.HTTPError | None:
     """The httpx exception for an httpcore one, or None when it is not httpcore's."""
     for core_type, httpx_type in _EXCEPTIONS:
@@ -165,6 +170,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._socket_options = list(socket_options) if socket_options is not None else None
         self._keepalive_expiry = limits.keepalive_expiry
         self._backend = httpcore.AnyIOBackend()
+        self._mock_pool: httpcore.AsyncConnectionPool | None = None
 
         self._proxy: httpx.Proxy | None = None
         self._proxy_origin: httpcore.Origin | None = None
@@ -268,6 +274,8 @@ class ExTransport(httpx.AsyncBaseTransport):
             extensions=extensions,
         )
 
+        if httpcore.AsyncConnectionPool.handle_async_request is not _STOCK_POOL_HANDLER:
+            return await self._handle_mocked(core_request)
         try:
             conn = await self._pool.acquire(core_request, origin, partition, pin, pool_timeout)
         except Exception as exc:
@@ -292,6 +300,23 @@ class ExTransport(httpx.AsyncBaseTransport):
             headers=response.headers,
             stream=_ResponseStream(response.stream, self._pool, conn),  # type: ignore[arg-type]
             extensions=response_extensions,
+        )
+
+    async def _handle_mocked(self, request: httpcore.Request) -> httpx.Response:
+        if self._mock_pool is None:
+            self._mock_pool = httpcore.AsyncConnectionPool(ssl_context=self._ssl_context)
+        try:
+            response = await self._mock_pool.handle_async_request(request)
+        except Exception as exc:
+            mapped = _map_exception(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=response.stream,  # type: ignore[arg-type]
+            extensions=response.extensions,
         )
 
     def _with_proxy_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -403,6 +428,8 @@ class ExTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+        if self._mock_pool is not None:
+            await self._mock_pool.aclose()
 
     async def __aenter__(self) -> ExTransport:
         return self

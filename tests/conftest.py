@@ -1,0 +1,67 @@
+"""Shared fixtures: loopback servers (each on its own thread), both anyio backends."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+
+import pytest
+import trustme
+
+from httpx_extensions import ConnectionState, ExClient
+
+from .servers import LoopbackProxy, LoopbackServer
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def client_ssl_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def other_server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def https_server(ca: trustme.CA) -> Iterator[LoopbackServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    with LoopbackServer(ssl_context=context) as srv:
+        yield srv
+
+
+@pytest.fixture
+def proxy() -> Iterator[LoopbackProxy]:
+    with LoopbackProxy() as prx:
+        yield prx
+
+
+def assert_pool_clean(client: ExClient) -> None:
+    """Nothing may be left checked out or reserved once every send() has returned."""
+    leftover = [
+        info
+        for info in client.connections
+        if info.state
+        in (ConnectionState.ACTIVE, ConnectionState.RESERVED, ConnectionState.CONNECTING)
+    ]
+    assert leftover == [], f"connections left busy: {leftover}"
