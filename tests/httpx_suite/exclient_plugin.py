@@ -31,10 +31,10 @@ import httpx
 
 REAL_ASYNC_CLIENT = httpx.AsyncClient
 
+import pytest  # noqa: E402
+
 import httpx_extensions  # noqa: E402  (must come after capturing the real class)
 from httpx_extensions import ExClient  # noqa: E402
-
-import pytest  # noqa: E402
 
 # Test files are selected by run.py; inside them, these folders keep every async test.
 ASYNC_DIRS = ("tests/client/",)
@@ -64,12 +64,14 @@ def _functions_naming_async_client(module: types.ModuleType) -> list[str]:
 def _verify_swap() -> list[str]:
     """Check that the swap is visible to tests only; return a description of what was checked."""
     problems: list[str] = []
-    if REAL_ASYNC_CLIENT.__module__ != "httpx._client":
+    if REAL_ASYNC_CLIENT is ExClient or REAL_ASYNC_CLIENT.__qualname__ != "AsyncClient":
         problems.append(f"httpx.AsyncClient was already replaced: {REAL_ASYNC_CLIENT!r}")
     if not issubclass(ExClient, REAL_ASYNC_CLIENT):
         problems.append("ExClient does not subclass the real httpx.AsyncClient")
     if httpx._client.AsyncClient is not REAL_ASYNC_CLIENT:
         problems.append("httpx._client.AsyncClient is not the real class")
+    if httpx.AsyncClient is not ExClient:
+        problems.append("httpx.AsyncClient is not ExClient after the swap")
     # Module globals bound to the swapped name, and code that looks the name up at run time.
     # httpx._client defines the class: its functions resolve `AsyncClient` to its own global.
     lookups: list[str] = []
@@ -86,10 +88,9 @@ def _verify_swap() -> list[str]:
         problems.append("functions that look up AsyncClient at run time: " + ", ".join(lookups))
     if problems:
         raise pytest.UsageError("httpx-suite: class swap check failed:\n  " + "\n  ".join(problems))
-    checked = sorted(
+    return sorted(
         n for n in sys.modules if n == "httpx" or n.startswith(("httpx.", "httpx_extensions"))
     )
-    return checked
 
 
 # The swap itself, at plugin import time (before any conftest or test module is imported).

@@ -1,0 +1,223 @@
+"""Run httpx 0.28.1's own AsyncClient tests with ``httpx_extensions.ExClient`` in its place.
+
+Usage (from the project root, with the project's virtualenv):
+
+    python tests/httpx_suite/run.py [extra pytest args...]
+
+On first run it downloads the httpx sdist by name with pip into ``.cache/httpx-suite/``
+(git-ignored), checks its sha256, extracts the sdist's ``tests/`` and ``pyproject.toml``
+(httpx's own pytest configuration), and installs the missing test dependencies pinned in
+``requirements.txt`` into the running interpreter's environment. It then runs pytest on the
+AsyncClient tests with ``exclient_plugin`` (the class swap, scope filter and the deselection
+list in ``deselected.txt``), prints one summary line and exits non-zero if any selected test
+failed or errored. See README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+PROJECT = HERE.parent.parent
+CACHE = PROJECT / ".cache" / "httpx-suite"
+
+HTTPX_VERSION = "0.28.1"
+SDIST = f"httpx-{HTTPX_VERSION}.tar.gz"
+# sha256 of the sdist as published; pip verifies the download, this pins its content.
+SDIST_SHA256 = "75e98c5f16b0f35b567856f597f06ff2270a374470a5c2392242528e3e3e42fc"
+SUITE_DIR = CACHE / f"httpx-{HTTPX_VERSION}"
+READY_MARKER = SUITE_DIR / ".extracted"
+
+REQUIREMENTS = HERE / "requirements.txt"
+DESELECTED = HERE / "deselected.txt"
+
+# Test files that can hold AsyncClient tests: every file under tests/client/ with an async
+# test, and any other test file naming AsyncClient. The plugin narrows down to single tests.
+CLIENT_DIR = "tests/client/"
+
+
+def log(message: str) -> None:
+    print(f"httpx-suite: {message}", flush=True)
+
+
+def sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_sdist() -> pathlib.Path:
+    archive = CACHE / SDIST
+    if archive.is_file() and sha256(archive) == SDIST_SHA256:
+        return archive
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log(f"downloading the httpx {HTTPX_VERSION} sdist with pip")
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                f"httpx=={HTTPX_VERSION}",
+                "-d",
+                tmp,
+            ],
+            check=True,
+        )
+        downloaded = pathlib.Path(tmp) / SDIST
+        if not downloaded.is_file():
+            sys.exit(f"httpx-suite: pip did not produce {SDIST}")
+        found = sha256(downloaded)
+        if found != SDIST_SHA256:
+            sys.exit(f"httpx-suite: {SDIST} has sha256 {found}, expected {SDIST_SHA256}")
+        os.replace(downloaded, archive)
+    return archive
+
+
+def extract(archive: pathlib.Path) -> None:
+    """Extract the sdist's tests/ and pyproject.toml (not the httpx package: the installed
+    httpx must be the one under test)."""
+    if READY_MARKER.is_file() and READY_MARKER.read_text() == SDIST_SHA256:
+        return
+    prefix = f"httpx-{HTTPX_VERSION}/"
+    wanted = (prefix + "tests/", prefix + "pyproject.toml")
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=CACHE))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
+            tar.extractall(tmp, members=members, filter="data")
+        shutil.rmtree(SUITE_DIR, ignore_errors=True)
+        os.replace(tmp / prefix.rstrip("/"), SUITE_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    READY_MARKER.write_text(SDIST_SHA256)
+    log(f"extracted tests/ and pyproject.toml of {SDIST}")
+
+
+def read_requirements() -> list[tuple[str, str]]:
+    pins = []
+    for raw in REQUIREMENTS.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([A-Za-z0-9_.\-+]+)", line)
+        if match is None:
+            sys.exit(f"httpx-suite: requirements.txt: expected 'name==version', got {raw!r}")
+        pins.append((match[1], match[2]))
+    return pins
+
+
+def install_missing() -> None:
+    """Install the pinned test dependencies that are missing; leave installed ones alone
+    (the project pins some of them too, e.g. trio and trustme) but say when versions differ."""
+    missing = []
+    for name, version in read_requirements():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(f"{name}=={version}")
+            continue
+        if installed != version:
+            log(f"note: {name} {installed} is installed, requirements.txt pins {version}")
+    if missing:
+        log("installing " + " ".join(missing))
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *missing],
+            check=True,
+        )
+
+
+def test_files() -> list[str]:
+    files = []
+    for path in sorted((SUITE_DIR / "tests").rglob("test_*.py")):
+        relative = path.relative_to(SUITE_DIR).as_posix()
+        source = path.read_text(encoding="utf-8")
+        has_async = re.search(r"^async def test_", source, re.MULTILINE) is not None
+        if (relative.startswith(CLIENT_DIR) and has_async) or "AsyncClient" in source:
+            files.append(relative)
+    return files
+
+
+def main() -> int:
+    extra = sys.argv[1:]  # passed on to pytest as they are
+    if extra[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+
+    try:
+        httpx_version = importlib.metadata.version("httpx")
+    except importlib.metadata.PackageNotFoundError:
+        sys.exit("httpx-suite: httpx is not installed in this environment")
+    if httpx_version != HTTPX_VERSION:
+        sys.exit(
+            f"httpx-suite: installed httpx is {httpx_version}, this suite is for {HTTPX_VERSION}"
+        )
+
+    extract(fetch_sdist())
+    install_missing()
+
+    files = test_files()
+    results = pathlib.Path(tempfile.mkstemp(prefix="httpx-suite-", suffix=".json")[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "exclient_plugin",
+        "--rootdir",
+        str(SUITE_DIR),
+        "-c",
+        str(SUITE_DIR / "pyproject.toml"),
+        f"--httpx-suite-deselect={DESELECTED}",
+        f"--httpx-suite-results={results}",
+        *files,
+        *extra,
+    ]
+    try:
+        code = subprocess.run(command, cwd=SUITE_DIR, env=env).returncode
+        data = json.loads(results.read_text(encoding="utf-8") or "null")
+    except (OSError, ValueError):
+        data = None
+    finally:
+        results.unlink(missing_ok=True)
+
+    if data is None:
+        log(f"pytest exited {code} without results")
+        return code or 1
+    outcomes = data["outcomes"]
+    bad = set(outcomes["failed"]) | set(outcomes["error"]) | set(outcomes["xpassed"])
+    passed = set(outcomes["passed"]) - bad
+    skipped = set(outcomes["skipped"]) | set(outcomes["xfailed"])
+    print(
+        f"httpx-suite: {len(passed)} passed, {len(bad)} failed, {len(skipped)} skipped, "
+        f"{data['deselected']} deselected ({data['out_of_scope']} not AsyncClient tests)",
+        flush=True,
+    )
+    if bad or code not in (0,):
+        return code or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
