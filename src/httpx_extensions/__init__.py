@@ -20,15 +20,15 @@ from ._pool import ConnectionInfo, ConnectionState
 from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 __all__ = [
-    "CONN_ID",
-    "PARTITION",
     "AsyncHTTPTransportMixin",
+    "CONN_ID",
     "ConnectionInfo",
     "ConnectionState",
     "ConnectionStateError",
     "ExClient",
     "ExTransport",
     "HTTPXExtensionsError",
+    "PARTITION",
     "PoolClosed",
     "PoolTimeout",
     "UnsupportedConfiguration",
