@@ -11,8 +11,8 @@ globals, so the library keeps seeing the real ``AsyncClient``; ``_verify_swap`` 
 start-up and refuses to run if it does not hold.
 
 The plugin also
-* keeps only the tests that exercise ``AsyncClient`` (see ``_in_scope``), dropping the rest
-  silently (they are counted as "out of scope", not as deselected);
+* keeps only the tests that exercise ``AsyncClient`` (see ``_in_scope``): the others are not
+  collected at all (they are counted as "out of scope", not as deselected);
 * deselects the tests listed in ``deselected.txt`` (``nodeid  # reason``), failing the run
   if an entry matches no collected test, so the list cannot go stale;
 * writes the outcome counts as JSON for ``run.py`` (``--httpx-suite-results``).
@@ -167,13 +167,27 @@ class _State:
     }
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Collector, name: str, obj: object
+) -> typing.Generator[None, typing.Any, typing.Any]:
+    """Leave out-of-scope tests uncollected, so pytest's counts are those of the suite."""
+    result = yield
+    if isinstance(result, list):
+        kept = [r for r in result if not isinstance(r, pytest.Function) or _in_scope(r)]
+        _State.out_of_scope += len(result) - len(kept)
+        return kept
+    if isinstance(result, pytest.Function) and not _in_scope(result):
+        _State.out_of_scope += 1
+        return None
+    return result
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    kept = [item for item in items if _in_scope(item)]
-    _State.out_of_scope = len(items) - len(kept)
-
+    kept = list(items)
     deselect_path = config.getoption("--httpx-suite-deselect")
     entries = read_deselected(pathlib.Path(deselect_path)) if deselect_path else {}
     by_id = {item.nodeid: item for item in kept}
