@@ -17,9 +17,11 @@ from types import TracebackType
 
 import httpcore
 import httpx
+import sniffio
 
 from ._exceptions import UnsupportedConfiguration
 from ._extensions import CONN_ID, PARTITION
+from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionLike, ConnectionPool, PooledConnection
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
@@ -169,7 +171,8 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._retries = retries
         self._socket_options = list(socket_options) if socket_options is not None else None
         self._keepalive_expiry = limits.keepalive_expiry
-        self._backend = httpcore.AnyIOBackend()
+        self._asyncio_backend = AsyncioBackend()
+        self._anyio_backend = httpcore.AnyIOBackend()
         self._mock_pool: httpcore.AsyncConnectionPool | None = None
 
         self._proxy: httpx.Proxy | None = None
@@ -357,15 +360,20 @@ class ExTransport(httpx.AsyncBaseTransport):
     async def _connect_tcp(
         self, origin: httpcore.Origin, timeout: float | None
     ) -> httpcore.AsyncNetworkStream:
+        backend: httpcore.AsyncNetworkBackend = (
+            self._asyncio_backend
+            if sniffio.current_async_library() == "asyncio"
+            else self._anyio_backend
+        )
         retries_left = self._retries
         delay = 0.0
         while True:
             try:
                 if self._uds is not None:
-                    return await self._backend.connect_unix_socket(
+                    return await backend.connect_unix_socket(
                         self._uds, timeout=timeout, socket_options=self._socket_options
                     )
-                return await self._backend.connect_tcp(
+                return await backend.connect_tcp(
                     origin.host.decode("ascii"),
                     origin.port,
                     timeout=timeout,
@@ -376,7 +384,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                 if retries_left <= 0:
                     raise
                 retries_left -= 1
-                await self._backend.sleep(delay)
+                await backend.sleep(delay)
                 delay = 0.5 if delay == 0 else delay * 2
 
     async def _start_tls(

@@ -10,7 +10,9 @@ On first run it downloads the httpx sdist by name with pip into ``.cache/httpx-s
 ``requirements.txt`` into the running interpreter's environment. It then runs pytest on the
 AsyncClient tests with ``exclient_plugin`` (the class swap, scope filter and the deselection
 list in ``deselected.txt``), prints one summary line and exits non-zero if any selected test
-failed or errored. See README.md.
+failed or errored. It first checks that README.md lists exactly the tests of deselected.txt;
+``run.py --update-readme`` rewrites that list from deselected.txt. Any other arguments are
+passed on to pytest. See README.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -40,6 +43,14 @@ READY_MARKER = SUITE_DIR / ".extracted"
 
 REQUIREMENTS = HERE / "requirements.txt"
 DESELECTED = HERE / "deselected.txt"
+README = HERE / "README.md"
+README_START = "<!-- deselected:start (generated from deselected.txt by run.py --update-readme) -->"
+README_END = "<!-- deselected:end -->"
+
+# httpx's conftest starts uvicorn on its default address and waits for it without a time limit.
+SERVER_ADDRESS = ("127.0.0.1", 8000)
+# Bound on the whole pytest run (it takes seconds), so a hang cannot eat a CI run.
+PYTEST_TIMEOUT = 900
 
 # Test files that can hold AsyncClient tests: every file under tests/client/ with an async
 # test, and any other test file naming AsyncClient. The plugin narrows down to single tests.
@@ -144,6 +155,54 @@ def install_missing() -> None:
         )
 
 
+def read_deselected() -> list[tuple[str, str]]:
+    """``nodeid  # reason`` lines of deselected.txt (the plugin parses the same format)."""
+    entries = []
+    for raw in DESELECTED.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            nodeid, _, reason = line.partition("  # ")
+            entries.append((nodeid.strip(), reason.strip()))
+    return entries
+
+
+def readme_block() -> str:
+    lines = [README_START]
+    lines += [f"- `{nodeid}`: {reason}" for nodeid, reason in read_deselected()]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def check_readme(update: bool) -> bool:
+    """Whether README.md lists exactly the tests of deselected.txt (rewriting it if asked)."""
+    text = README.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        log(f"README.md has no {README_START!r} ... {README_END!r} block")
+        return False
+    current = text[start : end + len(README_END)]
+    wanted = readme_block()
+    if current == wanted:
+        return True
+    if update:
+        README.write_text(text.replace(current, wanted), encoding="utf-8")
+        log("README.md: deselected list updated from deselected.txt")
+        return True
+    log("README.md's deselected list differs from deselected.txt: run run.py --update-readme")
+    return False
+
+
+def server_port_free() -> bool:
+    """Whether uvicorn can bind httpx's test-server address (else its fixture would hang)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(SERVER_ADDRESS)
+        except OSError:
+            return False
+    return True
+
+
 def test_files() -> list[str]:
     files = []
     for path in sorted((SUITE_DIR / "tests").rglob("test_*.py")):
@@ -156,10 +215,14 @@ def test_files() -> list[str]:
 
 
 def main() -> int:
-    extra = sys.argv[1:]  # passed on to pytest as they are
+    extra = sys.argv[1:]  # passed on to pytest as they are, but for the two below
     if extra[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
+    if extra[:1] == ["--update-readme"]:
+        return 0 if check_readme(update=True) else 1
+    if not check_readme(update=False):
+        return 1
 
     try:
         httpx_version = importlib.metadata.version("httpx")
@@ -173,6 +236,10 @@ def main() -> int:
     extract(fetch_sdist())
     install_missing()
 
+    if not server_port_free():
+        host, port = SERVER_ADDRESS
+        log(f"{host}:{port} is in use; httpx's test server needs it (stop what listens there)")
+        return 1
     files = test_files()
     results = pathlib.Path(tempfile.mkstemp(prefix="httpx-suite-", suffix=".json")[1])
     env = dict(os.environ)
@@ -194,9 +261,13 @@ def main() -> int:
         *files,
         *extra,
     ]
+    code = 1
     try:
-        code = subprocess.run(command, cwd=SUITE_DIR, env=env).returncode
+        code = subprocess.run(command, cwd=SUITE_DIR, env=env, timeout=PYTEST_TIMEOUT).returncode
         data = json.loads(results.read_text(encoding="utf-8") or "null")
+    except subprocess.TimeoutExpired:
+        log(f"pytest did not finish within {PYTEST_TIMEOUT} s")
+        data = None
     except (OSError, ValueError):
         data = None
     finally:
@@ -205,16 +276,20 @@ def main() -> int:
     if data is None:
         log(f"pytest exited {code} without results")
         return code or 1
+    if code not in (0, 1):
+        log(f"pytest exited {code}")
     outcomes = data["outcomes"]
     bad = set(outcomes["failed"]) | set(outcomes["error"]) | set(outcomes["xpassed"])
     passed = set(outcomes["passed"]) - bad
     skipped = set(outcomes["skipped"]) | set(outcomes["xfailed"])
-    print(
-        f"httpx-suite: {len(passed)} passed, {len(bad)} failed, {len(skipped)} skipped, "
-        f"{data['deselected']} deselected ({data['out_of_scope']} not AsyncClient tests)",
-        flush=True,
+    log(f"{data['out_of_scope']} collected tests of these files are not AsyncClient tests")
+    for nodeid in sorted(bad):
+        log(f"FAILED {nodeid}")
+    log(
+        f"{len(passed)} passed, {len(bad)} failed, {len(skipped)} skipped, "
+        f"{data['deselected']} deselected"
     )
-    if bad or code not in (0,):
+    if bad or code != 0:
         return code or 1
     return 0
 
