@@ -639,3 +639,42 @@ async def test_client_builds_our_transport_through_httpx_hooks(proxy) -> None:  
     assert len(client._mounts) >= 1
     await client.aclose()
     assert isinstance(ExClient(trust_env=False)._transport, ExTransport)
+
+
+@pytest.fixture
+def silent_listener():  # type: ignore[no-untyped-def]
+    """A TCP listener that accepts (through the backlog) and never says a word."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+async def test_client_connect_timeout_leaves_nothing_busy(silent_listener: str) -> None:
+    async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
+        for _ in range(2):  # the slot comes back each time
+            with pytest.raises(httpx.ConnectTimeout):
+                await client.get(silent_listener, timeout=httpx.Timeout(5, connect=0.1))
+        assert client.connections == []
+
+
+async def test_client_cancel_while_connecting(silent_listener: str) -> None:
+    async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
+        with anyio.move_on_after(0.1) as scope:
+            await client.get(silent_listener)
+        assert scope.cancelled_caught
+        assert client.connections == []
+
+
+async def test_client_cancel_while_sending_the_body(server: LoopbackServer) -> None:
+    async def slow_body():  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            yield b"x" * 10
+            await anyio.sleep(0.01)
+
+    async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
+        with anyio.move_on_after(0.1) as scope:
+            await client.post(server.url + "/echo", content=slow_body())
+        assert scope.cancelled_caught
+        assert_pool_clean(client)
+        assert (await client.get(server.url + "/")).status_code == 200

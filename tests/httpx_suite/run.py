@@ -241,6 +241,12 @@ def main() -> int:
         log(f"{host}:{port} is in use; httpx's test server needs it (stop what listens there)")
         return 1
     files = test_files()
+    # Test paths among the arguments replace the default files (e.g. tests/test_timeouts.py).
+    chosen = [arg for arg in extra if arg.startswith("tests/")]
+    partial = bool(chosen)
+    if partial:
+        extra = [arg for arg in extra if arg not in chosen]
+        files = chosen
     results = pathlib.Path(tempfile.mkstemp(prefix="httpx-suite-", suffix=".json")[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
@@ -258,6 +264,7 @@ def main() -> int:
         str(SUITE_DIR / "pyproject.toml"),
         f"--httpx-suite-deselect={DESELECTED}",
         f"--httpx-suite-results={results}",
+        *(["--httpx-suite-partial"] if partial else []),
         *files,
         *extra,
     ]
