@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import socket
@@ -452,6 +453,8 @@ async def test_client_https(https_server: LoopbackServer, client_ssl_context) ->
         assert {r.extensions[CONN_ID] for r in responses} == {responses[0].extensions[CONN_ID]}
         assert responses[0].extensions["network_stream"].get_extra_info("ssl_object") is not None
         assert https_server.connections_opened == 1
+    del responses
+    gc.collect()  # a TLS socket left unclosed would raise ResourceWarning (an error) here
 
 
 async def test_client_https_rejects_an_untrusted_certificate(https_server: LoopbackServer) -> None:
@@ -678,3 +681,31 @@ async def test_client_cancel_while_sending_the_body(server: LoopbackServer) -> N
         assert scope.cancelled_caught
         assert_pool_clean(client)
         assert (await client.get(server.url + "/")).status_code == 200
+
+
+async def test_client_large_bodies_both_ways(server: LoopbackServer) -> None:
+    """Flow control: a 4 MiB response read slowly, and a 4 MiB upload."""
+    async with ExClient() as client:
+        async with client.stream("GET", server.url + "/stream?chunks=64&size=65536") as response:
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received < 2 << 20:
+                    await anyio.sleep(0.001)  # let the server get ahead of us
+        assert received == 64 * 65536
+        upload = b"y" * (4 << 20)
+        echoed = await client.post(server.url + "/echo", content=upload)
+        assert len(echoed.json()["body"]) == len(upload)
+        assert_pool_clean(client)
+
+
+async def test_client_network_stream_extension(server: LoopbackServer) -> None:
+    async with ExClient() as client:
+        response = await client.get(server.url + "/")
+        stream = response.extensions["network_stream"]
+        assert stream.get_extra_info("server_addr")[1] == server.port
+        assert stream.get_extra_info("client_addr")[0] == "127.0.0.1"
+        assert stream.get_extra_info("socket") is not None
+        assert stream.get_extra_info("ssl_object") is None
+        assert stream.get_extra_info("no such thing") is None
+        assert response.extensions["http_version"] == b"HTTP/1.1"

@@ -103,9 +103,16 @@ def _expire(waiter: asyncio.Future[None], exc_type: type[Exception]) -> None:
 class AsyncioStream(httpcore.AsyncNetworkStream):
     """A TCP (or TLS) stream on an asyncio transport."""
 
-    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        protocol: _Protocol,
+        raw: asyncio.Transport | None = None,
+    ) -> None:
         self._transport = transport
         self._protocol = protocol
+        # Under TLS, the socket transport beneath the SSL one (see aclose).
+        self._raw = raw
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
@@ -158,8 +165,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def aclose(self) -> None:
         transport = self._transport
         if not transport.is_closing():
-            transport.close()
-        # Give the loop one turn to run connection_lost (and send TLS close_notify).
+            transport.close()  # under TLS: queues close_notify on the socket transport
+        if self._raw is not None and not self._raw.is_closing():
+            # Do not wait for the server's close_notify (up to 30 s): flush ours and close the
+            # socket now, or the socket transport outlives the event loop unclosed.
+            self._raw.close()
+        # Give the loop one turn to run connection_lost.
         await asyncio.sleep(0)
 
     async def start_tls(
@@ -183,7 +194,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             self._transport.abort()
             raise httpcore.ConnectError(str(exc)) from exc
         assert transport is not None
-        return AsyncioStream(transport, self._protocol)
+        return AsyncioStream(transport, self._protocol, raw=self._raw or self._transport)
 
     def get_extra_info(self, info: str) -> Any:
         transport = self._transport
