@@ -170,6 +170,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             # Do not wait for the server's close_notify (up to 30 s): flush ours and close the
             # socket now, or the socket transport outlives the event loop unclosed.
             self._raw.close()
+        # close() keeps the socket open until unsent data is written, which never happens once
+        # the peer stops reading (a write timeout, an abandoned upload): drop it and close now,
+        # as anyio's SocketStream.aclose() (httpcore's default backend) does.
+        raw = self._raw or transport
+        if transport.get_write_buffer_size() or raw.get_write_buffer_size():
+            raw.abort()
         # Give the loop one turn to run connection_lost.
         await asyncio.sleep(0)
 
