@@ -722,3 +722,43 @@ async def test_client_write_timeout_to_a_peer_that_stops_reading(silent_listener
             await client.put(url, content=b"z" * (64 << 20), timeout=httpx.Timeout(5, write=0.2))
         assert client.connections == []
     gc.collect()  # the socket with unsent data must be closed, not left to the event loop
+
+
+async def test_client_slow_reader_of_a_large_https_body(
+    https_server: LoopbackServer,
+    client_ssl_context,  # type: ignore[no-untyped-def]
+) -> None:
+    """Flow control under TLS: reading resumes on the socket transport that was paused."""
+    async with ExClient(verify=client_ssl_context) as client:
+        url = https_server.url + "/stream?chunks=64&size=65536"
+        async with client.stream("GET", url, timeout=5) as response:
+            await anyio.sleep(0.5)  # let more than the buffer limit arrive
+            body = await response.aread()
+        assert len(body) == 64 * 65536
+
+
+async def test_client_send_from_an_event_hook_in_a_full_pool(server: LoopbackServer) -> None:
+    """A nested send() may take its parent flow's reservation instead of waiting for it."""
+
+    async def hook(request: httpx.Request) -> None:
+        if request.url.path == "/":
+            await client.get(server.url + "/echo")
+
+    client = ExClient(
+        limits=httpx.Limits(max_connections=1),
+        follow_redirects=True,
+        event_hooks={"request": [hook]},
+    )
+    async with client:
+        with anyio.fail_after(5):
+            response = await client.get(server.url + "/redirect?to=/")
+        assert response.status_code == 200
+        assert_pool_clean(client)
+
+
+async def test_client_failing_socket_option_is_a_connect_error(server: LoopbackServer) -> None:
+    transport = ExTransport(socket_options=[(socket.SOL_SOCKET, 9999, 1)])
+    async with ExClient(transport=transport) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(server.url + "/")
+        assert client.connections == []

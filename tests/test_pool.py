@@ -16,6 +16,7 @@ from httpx_extensions._pool import (
     ConnectionPool,
     Flow,
     PooledConnection,
+    close_all,
     current_flow,
 )
 
@@ -315,3 +316,75 @@ async def test_pool_close_fails_waiters_and_later_requests() -> None:
     with pytest.raises(PoolClosed, match="open a new client"):
         await h.acquire()
     assert repr(h.pool) == "<ConnectionPool [empty, 0 waiting]>"
+
+
+class SlowClose(FakeConnection):
+    async def aclose(self) -> None:
+        await anyio.sleep(0.05)
+        self.closed = True
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pool_native_asyncio_cancel_during_an_eviction_close_gives_the_slot_back() -> None:
+    import asyncio
+
+    h = Harness(max_connections=1)
+    h.connect = None  # type: ignore[assignment]
+
+    async def connect(origin: httpcore.Origin, request: httpcore.Request) -> FakeConnection:
+        conn = SlowClose(origin)
+        h.opened.append(conn)
+        return conn
+
+    h.pool._connect = connect
+    idle = await h.acquire(A)
+    await h.pool.release(idle)
+    task = asyncio.ensure_future(h.acquire(B))  # evicts A (a slow close), takes the slot for B
+    await asyncio.sleep(0.01)
+    task.cancel()  # asyncio's own cancel goes through anyio's shield
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert h.pool.connections == []
+    assert (await h.acquire(B, timeout=0.5)).origin == B
+
+
+async def test_pool_reservation_closed_by_the_server_is_not_handed_to_a_waiter() -> None:
+    h = Harness(max_connections=1)
+    flow = Flow()
+    token = current_flow.set(flow)
+    reserved = await h.acquire()
+    await h.pool.release(reserved)
+    current_flow.reset(token)
+    got: list[PooledConnection] = []
+
+    async def waiter() -> None:
+        got.append(await h.acquire())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.01)
+        h.opened[0].expired = True  # the server closed it while the flow held it
+        for _pool, conns in flow.end():
+            await close_all(conns)
+    assert got[0].conn_id != reserved.conn_id
+    assert h.opened[0].closed
+    assert len(h.opened) == 2
+
+
+async def test_pool_close_while_a_waiter_is_being_handed_a_connection() -> None:
+    h = Harness(max_connections=1)
+    held = await h.acquire()
+    errors: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await h.acquire()
+        except PoolClosed as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.01)
+        await h.pool.release(held)  # handed to the waiter, which has not run yet
+        await h.pool.aclose()
+    assert len(errors) == 1

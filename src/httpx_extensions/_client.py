@@ -147,7 +147,7 @@ class ExClient(httpx.AsyncClient):
         until it returns, so auth handshakes and redirects stay on their connection. A streamed
         response keeps its own connection until it is closed.
         """
-        flow = Flow()
+        flow = Flow(parent=current_flow.get())
         token = current_flow.set(flow)
         try:
             return await super().send(

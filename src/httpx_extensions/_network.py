@@ -128,7 +128,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 del buffer[:max_bytes]
             if protocol.reading_paused and len(protocol.buffer) < _LOW_WATER:
                 protocol.reading_paused = False
-                self._transport.resume_reading()
+                # data_received paused protocol.transport: the socket transport, even under TLS
+                assert protocol.transport is not None
+                protocol.transport.resume_reading()
             return chunk
         if protocol.error is not None:
             raise httpcore.ReadError(str(protocol.error) or type(protocol.error).__name__)
@@ -232,6 +234,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        if socket_options:
+            raise ValueError("set socket options on the returned stream (ExTransport does)")
         loop = asyncio.get_running_loop()
         protocol = _Protocol(loop)
         local = None if local_address is None else (local_address, 0)
@@ -243,10 +247,6 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"timed out connecting to {host}:{port}") from exc
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
-        if socket_options:
-            sock = transport.get_extra_info("socket")
-            for option in socket_options:
-                sock.setsockopt(*option)
         return AsyncioStream(transport, protocol)
 
     async def connect_unix_socket(

@@ -234,10 +234,13 @@ class Flow:
     call :meth:`end` when they are done (``ExClient`` does all of this for you).
     """
 
-    __slots__ = ("_reserved", "live")
+    __slots__ = ("_reserved", "live", "parent")
 
-    def __init__(self) -> None:
+    def __init__(self, parent: Flow | None = None) -> None:
         self.live = True
+        # The flow whose send() this one runs inside (an event hook): it cannot progress
+        # until we return, so we may evict its reservations rather than wait for them.
+        self.parent = parent
         # (pool, key) -> connections RESERVED to this flow; nearly always 0 or 1 entries.
         self._reserved: dict[tuple[ConnectionPool, PoolKey], list[PooledConnection]] = {}
 
@@ -353,13 +356,22 @@ def _expire(future: asyncio.Future[None]) -> None:
 
 
 async def close_all(conns: Iterable[ConnectionLike]) -> None:
-    """Close connections, shielded from cancellation; a failing close is only logged."""
+    """Close connections, shielded from cancellation; a failing close is only logged.
+
+    anyio's shield does not stop a native asyncio ``task.cancel()`` (``asyncio.timeout``,
+    ``wait_for``): such a cancellation still closes every connection before it propagates.
+    """
+    interrupted: BaseException | None = None
     with anyio.CancelScope(shield=True):
         for connection in conns:
             try:
                 await connection.aclose()
             except Exception as exc:  # a broken socket may complain on close
                 logger.debug("error while closing a connection: %r", exc)
+            except BaseException as exc:
+                interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class ConnectionPool:
@@ -443,11 +455,13 @@ class ConnectionPool:
                 waiter = _Waiter(origin, key, flow)
                 self._waiters[waiter] = None
         if to_close:
-            await close_all(to_close)
+            await self._close_or_undo(to_close, conn, waiter)
 
         while conn is None:
             assert waiter is not None
             conn = await self._wait(waiter, deadline)
+            if self._closed:
+                raise PoolClosed("The connection pool was closed while this request waited.")
             if conn is None:  # the pinned connection closed while we waited for it
                 if self._closed:
                     raise PoolClosed("The connection pool was closed while this request waited.")
@@ -457,7 +471,7 @@ class ConnectionPool:
                     waiter = _Waiter(origin, key, flow)
                     self._waiters[waiter] = None
                 if to_close:
-                    await close_all(to_close)
+                    await self._close_or_undo(to_close, conn, waiter)
 
         if conn.connection is None:
             await self._open(conn, request)
@@ -552,9 +566,12 @@ class ConnectionPool:
             self._remove_idle(victim)
             self._drop(victim, to_close)
             return self._new(origin, key, flow)
-        if flow is not None and (own := flow._take_any(self)) is not None:
-            self._drop(own, to_close)
-            return self._new(origin, key, flow)
+        holder = flow
+        while holder is not None:
+            if (own := holder._take_any(self)) is not None:
+                self._drop(own, to_close)
+                return self._new(origin, key, flow)
+            holder = holder.parent
         return None
 
     def _new(self, origin: httpcore.Origin, key: PoolKey, flow: Flow | None) -> PooledConnection:
@@ -619,6 +636,18 @@ class ConnectionPool:
                 conn.pin_waiters.remove(waiter)
                 return
 
+    async def _close_or_undo(
+        self, to_close: list[ConnectionLike], conn: PooledConnection | None, waiter: _Waiter | None
+    ) -> None:
+        try:
+            await close_all(to_close)
+        except BaseException:  # asyncio's task.cancel() pierces anyio's shield
+            if conn is not None:
+                await self._give_back(conn)
+            elif waiter is not None:
+                self._forget(waiter)
+            raise
+
     async def _give_back(self, conn: PooledConnection) -> None:
         if conn.connection is None:  # a slot for a connection not opened yet
             self._drop(conn, [])
@@ -663,6 +692,10 @@ class ConnectionPool:
         """An ACTIVE or RESERVED connection is free for anyone: hand it on or park it."""
         if self._closed:
             self._drop(conn, to_close)
+            return
+        if conn.state is ConnectionState.RESERVED and conn.has_expired():
+            self._drop(conn, to_close)  # closed by the server while it was reserved
+            self._grant_slots()
             return
         conn._move(ConnectionState.IDLE)
         conn.flow = None

@@ -370,22 +370,32 @@ class ExTransport(httpx.AsyncBaseTransport):
         while True:
             try:
                 if self._uds is not None:
-                    return await backend.connect_unix_socket(
-                        self._uds, timeout=timeout, socket_options=self._socket_options
+                    stream = await backend.connect_unix_socket(self._uds, timeout=timeout)
+                else:
+                    stream = await backend.connect_tcp(
+                        origin.host.decode("ascii"),
+                        origin.port,
+                        timeout=timeout,
+                        local_address=self._local_address,
                     )
-                return await backend.connect_tcp(
-                    origin.host.decode("ascii"),
-                    origin.port,
-                    timeout=timeout,
-                    local_address=self._local_address,
-                    socket_options=self._socket_options,
-                )
+                break
             except (httpcore.ConnectError, httpcore.ConnectTimeout):
                 if retries_left <= 0:
                     raise
                 retries_left -= 1
                 await backend.sleep(delay)
                 delay = 0.5 if delay == 0 else delay * 2
+        if self._socket_options:
+            # Set here for both backends, so that a failing option closes the socket
+            # (httpcore's AnyIO backend leaves it open) and is a ConnectError everywhere.
+            try:
+                sock = stream.get_extra_info("socket")
+                for option in self._socket_options:
+                    sock.setsockopt(*option)
+            except OSError as exc:
+                await stream.aclose()
+                raise httpcore.ConnectError(f"could not set a socket option: {exc}") from exc
+        return stream
 
     async def _start_tls(
         self,
