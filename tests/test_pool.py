@@ -388,3 +388,13 @@ async def test_pool_close_while_a_waiter_is_being_handed_a_connection() -> None:
         await h.pool.release(held)  # handed to the waiter, which has not run yet
         await h.pool.aclose()
     assert len(errors) == 1
+
+
+async def test_pool_pinned_waiter_that_times_out_leaves_the_queue() -> None:
+    h = Harness()
+    busy = await h.acquire()
+    with pytest.raises(PoolTimeout):
+        await h.acquire(pin=busy.conn_id, timeout=0.05)
+    assert h.pool.waiting == 0
+    await h.pool.release(busy)
+    assert h.states() == [ConnectionState.IDLE]

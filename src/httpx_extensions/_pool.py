@@ -299,7 +299,7 @@ class _Waiter:
     Elsewhere (trio) it uses anyio's primitives.
     """
 
-    __slots__ = ("_event", "_future", "conn", "error", "flow", "key", "origin", "woken")
+    __slots__ = ("_event", "_future", "conn", "error", "flow", "key", "origin", "pinned", "woken")
 
     def __init__(self, origin: httpcore.Origin, key: PoolKey, flow: Flow | None) -> None:
         self.origin = origin
@@ -307,6 +307,7 @@ class _Waiter:
         self.flow = flow
         self.conn: PooledConnection | None = None
         self.error: Exception | None = None
+        self.pinned: PooledConnection | None = None  # the connection a pinned waiter wants
         self.woken = False
         try:
             loop = asyncio.get_running_loop()
@@ -527,6 +528,7 @@ class ConnectionPool:
             return conn, None
         # ACTIVE, CONNECTING, or RESERVED by another flow: wait for it.
         waiter = _Waiter(origin, key, flow)
+        waiter.pinned = conn
         if conn.pin_waiters is None:
             conn.pin_waiters = deque()
         conn.pin_waiters.append(waiter)
@@ -631,10 +633,9 @@ class ConnectionPool:
         if waiter in self._waiters:
             del self._waiters[waiter]
             return
-        for conn in self._conns.values():  # a pinned waiter: rare, and only on timeout
-            if conn.pin_waiters and waiter in conn.pin_waiters:
-                conn.pin_waiters.remove(waiter)
-                return
+        pinned = waiter.pinned
+        if pinned is not None and pinned.pin_waiters and waiter in pinned.pin_waiters:
+            pinned.pin_waiters.remove(waiter)
 
     async def _close_or_undo(
         self, to_close: list[ConnectionLike], conn: PooledConnection | None, waiter: _Waiter | None
