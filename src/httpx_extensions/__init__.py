@@ -7,6 +7,7 @@ how the pool works.
 from __future__ import annotations
 
 from .__version__ import __version__
+from ._auth import AuthenticationError, NegotiateAuth, NTLMAuth
 from ._client import ExClient
 from ._exceptions import (
     ConnectionStateError,
@@ -21,6 +22,7 @@ from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 __all__ = [
     "AsyncHTTPTransportMixin",
+    "AuthenticationError",
     "CONN_ID",
     "ConnectionInfo",
     "ConnectionState",
@@ -28,6 +30,8 @@ __all__ = [
     "ExClient",
     "ExTransport",
     "HTTPXExtensionsError",
+    "NTLMAuth",
+    "NegotiateAuth",
     "PARTITION",
     "PoolClosed",
     "PoolTimeout",

@@ -1,0 +1,429 @@
+"""NTLM and Negotiate (Kerberos, SPNEGO) authentication on pyspnego, connection-aware.
+
+Both classes are ``httpx.Auth`` generators with no I/O of their own. What makes them work under
+concurrency is the pool below (see ``docs/pool.md``): one ``send()`` is a flow, so every leg of
+a handshake goes out on the connection the first 401 came on. The auth also pins each leg to
+that connection through ``extensions["conn_id"]``, and puts its requests in a pool *partition*
+derived from its identity, so a connection authenticated for one identity is never handed to a
+request of another identity or of none.
+
+Handshake state lives in the flow's local variables, never on the auth object, so one instance
+serves any number of concurrent requests. The only shared state is what the auth has learnt
+about servers: which connections it has authenticated (to spot servers that re-challenge every
+request) and which origins do that (to start the handshake at once there).
+
+Nothing here logs a token, a password or an Authorization/WWW-Authenticate value: only scheme
+names and token lengths.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+import httpx
+import spnego
+import spnego.channel_bindings
+import spnego.exceptions
+
+from ._exceptions import HTTPXExtensionsError
+from ._extensions import CONN_ID, PARTITION
+
+__all__ = ["AuthenticationError", "NTLMAuth", "NegotiateAuth"]
+
+logger = logging.getLogger("httpx_extensions.auth")
+
+# How many authenticated conn_ids an auth remembers, to notice a server re-challenging them.
+_REMEMBERED_CONNECTIONS = 4096
+
+
+class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
+    """A handshake could not be carried out: a malformed or truncated challenge, a server that
+    dropped the connection between legs, or an error from the security provider (pyspnego,
+    chained as ``__cause__``). The message names the scheme and what went wrong.
+
+    A *rejected* login (wrong password) is not an error: the final 401 is returned, once.
+    """
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        super().__init__(message)
+        if request is not None:
+            self.request = request
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """The pool partition of one identity; its repr never shows the password digest."""
+
+    scheme: str
+    user: str
+    secret: str = field(repr=False)
+
+
+def _offered(response: httpx.Response) -> dict[str, bytes | None]:
+    """Schemes in the WWW-Authenticate headers, mapped to their token (None when bare).
+
+    Raises AuthenticationError for a token that is not base64.
+    """
+    offered: dict[str, bytes | None] = {}
+    for value in response.headers.get_list("WWW-Authenticate"):
+        for challenge in value.split(","):
+            scheme, _, data = challenge.strip().partition(" ")
+            key = scheme.lower()
+            if key not in ("ntlm", "negotiate", "kerberos"):
+                continue
+            data = data.strip()
+            if not data:
+                offered.setdefault(key, None)
+                continue
+            try:
+                offered[key] = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise AuthenticationError(
+                    f"{scheme} challenge from {response.url.host} is not valid base64 "
+                    f"({len(data)} characters)",
+                    request=response.request,
+                ) from exc
+    return offered
+
+
+def _channel_bindings(response: httpx.Response) -> object | None:
+    """RFC 5929 tls-server-end-point bindings from the certificate of this connection."""
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    if ssl_object is None:
+        return None
+    certificate = ssl_object.getpeercert(True)  # positional: C-level _SSLSocket takes no kwargs
+    if not certificate:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from spnego.channel_bindings import GssChannelBindings
+
+    algorithm = x509.load_der_x509_certificate(certificate).signature_hash_algorithm
+    # RFC 5929 4.1: MD5 and SHA-1 certificates (and unknown ones) are hashed with SHA-256.
+    if algorithm is None or isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        name = "sha256"
+    else:
+        name = algorithm.name
+    digest = hashlib.new(name, certificate).digest()
+    return GssChannelBindings(application_data=b"tls-server-end-point:" + digest)
+
+
+class _SpnegoAuth(httpx.Auth, abc.ABC):
+    """The handshake loop shared by NTLMAuth and NegotiateAuth."""
+
+    requires_response_body = True  # a 401 left unread would close its connection
+    _protocols: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        username: str | None,
+        password: str | None,
+        *,
+        service: str,
+        hostname: str | None,
+        channel_binding: bool,
+        delegate: bool,
+    ) -> None:
+        if (username is None) != (password is None) and password is not None:
+            raise ValueError("a password was given without a username")
+        if username is not None and not username.strip():
+            raise ValueError("username must not be empty; pass None for the current user")
+        self._username = username
+        self._password = password
+        self._service = service
+        self._hostname = hostname
+        self._channel_binding = channel_binding
+        self._delegate = delegate
+        secret = hashlib.sha256((password or "").encode("utf-8")).hexdigest()[:16]
+        self._partition = _Identity(
+            type(self).__name__, (username or "<current user>").casefold(), secret
+        )
+        self._authenticated: OrderedDict[int, None] = OrderedDict()
+        self._rechallenging: set[str] = set()
+
+    def __repr__(self) -> str:
+        user = self._username if self._username is not None else "<current user>"
+        return f"{type(self).__name__}({user!r})"
+
+    # The flow.
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError(
+            f"{type(self).__name__} works with async clients (ExClient); "
+            "a sync httpx.Client cannot keep a handshake on one connection."
+        )
+        yield request  # pragma: no cover - makes this a generator, as httpx expects
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        request.extensions[PARTITION] = self._partition
+        origin = _origin(request.url)
+        bindings: object | None = None
+        conn_id: int | None = None
+        if origin in self._rechallenging and not (
+            self._channel_binding and request.url.scheme == "https"
+        ):
+            # Preemptive: this server challenges every request. (Not on HTTPS with channel
+            # binding: the binding needs the certificate of a connection we do not have yet.)
+            scheme, protocol = self._preemptive_choice()
+        else:
+            response = yield request
+            if response.status_code != 401:
+                if response.status_code < 400:
+                    self._remember(response)
+                return
+            conn_id = response.extensions.get(CONN_ID)
+            if conn_id is not None and conn_id in self._authenticated:
+                self._rechallenging.add(origin)
+                logger.debug("%s challenged an authenticated connection: going preemptive", origin)
+            choice = self._choose(_offered(response))
+            if choice is None:
+                return  # none of our schemes offered: the 401 is the answer
+            scheme, protocol = choice
+            if self._channel_binding:
+                bindings = _channel_bindings(response)
+        context = await self._new_context(protocol, request, bindings)
+        token = await self._step(context, None, scheme, request)
+        first = True
+        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3
+            leg = self._leg(
+                request, scheme, token, conn_id, intermediate=first and _is_ntlm(context)
+            )
+            first = False
+            response = yield leg
+            if conn_id is not None and response.extensions.get(CONN_ID, conn_id) != conn_id:
+                raise AuthenticationError(
+                    f"{scheme} handshake with {origin} was split: the server closed connection "
+                    f"{conn_id} between legs, and a handshake cannot move to another connection",
+                    request=request,
+                )
+            conn_id = response.extensions.get(CONN_ID)
+            offered = _offered(response)
+            in_token = offered.get(scheme.lower())
+            if response.status_code != 401:
+                if in_token and not context.complete:
+                    # Mutual authentication: the server's last token proves who it is.
+                    await self._step(context, in_token, scheme, request)
+                if response.status_code < 400:
+                    self._remember(response)
+                return
+            if in_token is None or context.complete:
+                logger.debug("%s credentials rejected by %s", scheme, origin)
+                return  # a rejected login: the final 401 is returned, once
+            token = await self._step(context, in_token, scheme, request)
+        raise AuthenticationError(
+            f"{scheme} handshake with {origin} did not finish after 8 legs", request=request
+        )
+
+    def _leg(
+        self,
+        request: httpx.Request,
+        scheme: str,
+        token: bytes | None,
+        conn_id: int | None,
+        *,
+        intermediate: bool,
+    ) -> httpx.Request:
+        if intermediate and (
+            request.headers.get("Content-Length", "0") != "0"
+            or "Transfer-Encoding" in request.headers
+        ):
+            # The server answers this leg with 401 whatever it carries: do not upload the body
+            # twice (curl does the same).
+            headers = httpx.Headers(request.headers)
+            headers.pop("Transfer-Encoding", None)
+            headers["Content-Length"] = "0"
+            leg = httpx.Request(
+                request.method, request.url, headers=headers, extensions=dict(request.extensions)
+            )
+        else:
+            leg = request
+        leg.headers["Authorization"] = f"{scheme} {base64.b64encode(token or b'').decode()}"
+        if conn_id is not None:
+            leg.extensions[CONN_ID] = conn_id
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s leg: %d-byte token on conn_id %s", scheme, len(token or b""), conn_id)
+        return leg
+
+    @abc.abstractmethod
+    def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:
+        """(header scheme, pyspnego protocol) for the schemes a 401 offered, or None."""
+
+    @abc.abstractmethod
+    def _preemptive_choice(self) -> tuple[str, str]:
+        """(header scheme, pyspnego protocol) to open with on servers that re-challenge."""
+
+    async def _new_context(
+        self, protocol: str, request: httpx.Request, bindings: object | None
+    ) -> spnego.ContextProxy:
+        hostname = self._hostname or request.url.host
+        context_req = spnego.ContextReq.default
+        if self._delegate:
+            context_req |= spnego.ContextReq.delegate
+        cbt = bindings if isinstance(bindings, spnego.channel_bindings.GssChannelBindings) else None
+
+        def create() -> spnego.ContextProxy:
+            return spnego.client(
+                self._username,
+                self._password,
+                hostname=hostname,
+                service=self._service,
+                channel_bindings=cbt,
+                context_req=context_req,
+                protocol=protocol,
+            )
+
+        try:
+            if protocol == "ntlm":
+                return create()
+            return await anyio.to_thread.run_sync(create)  # may read a ccache or call SSPI
+        except spnego.exceptions.SpnegoError as exc:
+            raise AuthenticationError(
+                f"could not set up {protocol} for {request.url.host}: {exc.message}",
+                request=request,
+            ) from exc
+
+    async def _step(
+        self,
+        context: spnego.ContextProxy,
+        in_token: bytes | None,
+        scheme: str,
+        request: httpx.Request,
+    ) -> bytes | None:
+        try:
+            if _is_ntlm(context):
+                return context.step(in_token)
+            return await anyio.to_thread.run_sync(context.step, in_token)
+        except spnego.exceptions.SpnegoError as exc:
+            raise AuthenticationError(
+                f"{scheme} handshake with {request.url.host} failed: {exc.message}",
+                request=request,
+            ) from exc
+        except Exception as exc:
+            if in_token is None:
+                raise
+            # pyspnego's parsers raise whatever the bytes provoke (KeyError, struct.error,
+            # ValueError, ...) on a malformed token: it came from the server.
+            raise AuthenticationError(
+                f"{scheme} token from {request.url.host} is malformed or truncated "
+                f"({len(in_token or b'')} bytes)",
+                request=request,
+            ) from exc
+
+    def _remember(self, response: httpx.Response) -> None:
+        conn_id = response.extensions.get(CONN_ID)
+        if conn_id is None:
+            return
+        self._authenticated[conn_id] = None
+        self._authenticated.move_to_end(conn_id)
+        if len(self._authenticated) > _REMEMBERED_CONNECTIONS:
+            self._authenticated.popitem(last=False)
+
+
+def _origin(url: httpx.URL) -> str:
+    return f"{url.scheme}://{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
+def _is_ntlm(context: spnego.ContextProxy) -> bool:
+    try:
+        return context.negotiated_protocol == "ntlm"
+    except Exception:  # not negotiated yet
+        return False
+
+
+class NTLMAuth(_SpnegoAuth):
+    """NTLM authentication, as IIS and Windows proxies speak it.
+
+    Args:
+        username: ``"DOMAIN\\user"`` or ``"user@domain"``.
+        password: The password.
+        channel_binding: On HTTPS, bind the handshake to the server's certificate
+            (tls-server-end-point, RFC 5929), as IIS Extended Protection requires.
+
+    The handshake runs on one connection (the ExClient pool guarantees it); afterwards the
+    connection stays authenticated, and later requests on it need one round trip. Servers that
+    re-challenge every request are detected and then served with an immediate handshake.
+    """
+
+    def __init__(self, username: str, password: str, *, channel_binding: bool = True) -> None:
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise TypeError("NTLMAuth(username, password) takes two strings")
+        super().__init__(
+            username,
+            password,
+            service="HTTP",
+            hostname=None,
+            channel_binding=channel_binding,
+            delegate=False,
+        )
+
+    def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:
+        if "ntlm" in offered:
+            return "NTLM", "ntlm"
+        if "negotiate" in offered:
+            return "Negotiate", "ntlm"  # IIS accepts raw NTLM tokens under Negotiate
+        return None
+
+    def _preemptive_choice(self) -> tuple[str, str]:
+        return "NTLM", "ntlm"
+
+
+class NegotiateAuth(_SpnegoAuth):
+    """Negotiate (SPNEGO): Kerberos, falling back to NTLM unless told not to.
+
+    Args:
+        username: ``None`` for the current user (Windows logon session through SSPI; the
+            Kerberos ccache, ``KRB5CCNAME``, on Linux and macOS), or ``"user@REALM"`` /
+            ``"DOMAIN\\user"``.
+        password: ``None`` to use the cached credentials of ``username``.
+        service: Service class of the SPN (``HTTP/host``).
+        hostname: Host of the SPN, when it differs from the URL's (a CNAME, an IP address).
+        allow_ntlm: ``False`` to refuse NTLM: only Kerberos is tried.
+        delegate: Ask for a delegable (forwardable) ticket.
+        channel_binding: On HTTPS, bind to the server certificate (RFC 5929).
+    """
+
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        service: str = "HTTP",
+        hostname: str | None = None,
+        allow_ntlm: bool = True,
+        delegate: bool = False,
+        channel_binding: bool = True,
+    ) -> None:
+        super().__init__(
+            username,
+            password,
+            service=service,
+            hostname=hostname,
+            channel_binding=channel_binding,
+            delegate=delegate,
+        )
+        self._allow_ntlm = allow_ntlm
+
+    def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:
+        if "negotiate" in offered:
+            return "Negotiate", "negotiate" if self._allow_ntlm else "kerberos"
+        if "kerberos" in offered:
+            return "Kerberos", "kerberos"
+        if "ntlm" in offered and self._allow_ntlm:
+            return "NTLM", "ntlm"
+        return None
+
+    def _preemptive_choice(self) -> tuple[str, str]:
+        return "Negotiate", "negotiate" if self._allow_ntlm else "kerberos"

@@ -1,0 +1,729 @@
+"""An IIS-like HTTP server protected by Windows-integrated auth (NTLM and Negotiate).
+
+Why a real protocol peer: NTLM and NTLM-in-SPNEGO are bound to the TCP connection, and a
+client only gets them right if every leg of a handshake goes out on the connection that
+received the challenge.  A mock that accepts any token would not notice a type 3 message
+sent on the wrong connection, a missing channel binding, or a final SPNEGO token the client
+forgot to process.  This server steps a real pyspnego *acceptor* with the client's tokens,
+one acceptor per TCP connection, and answers the way IIS does.
+
+It reuses the lifecycle of :class:`ThreadedLoopbackBase` (asyncio loop in a daemon thread,
+loopback only), so asyncio and trio clients can both drive it from synchronous fixtures.
+
+Credentials come from an ``NTLM_USER_FILE`` file (``DOMAIN:USER:PASSWORD`` lines, UTF-8),
+which is the only credential store pyspnego's NTLM acceptor supports.  pyspnego reads the
+environment variable when an acceptor is created *and* again for every type 3 message, so
+the variable must point at the file for as long as the server runs; see :class:`_UserFileEnv`.
+
+Tokens are secrets in the protocol sense and noise in a test report: the server records
+only their lengths, and it silences pyspnego's DEBUG logging of tokens on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import spnego
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1  # the hashes pyspnego itself uses
+from spnego.channel_bindings import GssChannelBindings
+
+from .httpserver import H11Stream, ThreadedLoopbackBase, decode_header_value, reason_phrase
+
+__all__ = [
+    "IISLikeServer",
+    "NTLMRequestRecord",
+    "channel_bindings_for",
+    "ntlm_message_type",
+    "tls_server_end_point",
+    "write_user_file",
+]
+
+USER_FILE_ENV = "NTLM_USER_FILE"
+
+_NTLM_SIGNATURE = b"NTLMSSP\x00"
+_MSV_AV_EOL = 0x0000
+_MSV_AV_CHANNEL_BINDINGS = 0x000A
+# The ASN.1 [APPLICATION 0] tag that starts a GSS InitialContextToken (SPNEGO NegTokenInit).
+_SPNEGO_INIT_TAG = 0x60
+
+# IIS answers a 401 with an HTML page; a non-empty body makes clients prove they drain the
+# 401 before sending the next leg on the same connection.
+_UNAUTHORIZED_BODY = (
+    b"<!DOCTYPE html><html><head><title>401 - Unauthorized</title></head>"
+    b"<body><h1>401 - Unauthorized: Access is denied due to invalid credentials.</h1>"
+    b"</body></html>"
+)
+
+_IISServerT = TypeVar("_IISServerT", bound="IISLikeServer")
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+def write_user_file(
+    path: Path, users: Iterable[tuple[str, str, str]], *, store_hashes: bool = False
+) -> Path:
+    """Write an ``NTLM_USER_FILE`` with one ``DOMAIN:USER:PASSWORD`` line per user.
+
+    ``users`` holds ``(domain, user, password)``; use ``""`` as the domain for a user that
+    logs on without one (``zoë``) or in UPN form (``alice@example.com``).  The file is
+    UTF-8, which is how pyspnego decodes it, so non-ASCII names and passwords work.
+
+    Fields are validated because pyspnego silently skips a line that does not split into
+    exactly three fields, which would turn a typo into a baffling logon failure.
+
+    ``store_hashes=True`` writes the smbpasswd form (``DOMAIN\\USER:0:LM:NT:[U]:LCT-0``)
+    instead.  pyspnego re-reads the file for every type 3 message and, for a password
+    line, recomputes the LM hash with pure-Python DES: about two thirds of the acceptor's
+    CPU time.  Precomputed hashes make a load test with thousands of handshakes ~4x cheaper
+    on the server side; logons behave the same.
+    """
+    lines = []
+    for domain, user, password in users:
+        for name, value in (("domain", domain), ("user", user), ("password", password)):
+            if any(ch in value for ch in ":\r\n"):
+                raise ValueError(f"{name} {value!r} cannot contain ':' or a line break")
+        if "\\" in user or "\\" in domain:
+            raise ValueError("pass the domain as its own field, not as DOMAIN\\user")
+        if not user:
+            raise ValueError("empty user name")
+        if store_hashes:
+            account = f"{domain}\\{user}" if domain else user
+            lm_hash = lmowfv1(password).hex().upper()
+            nt_hash = ntowfv1(password).hex().upper()
+            lines.append(f"{account}:0:{lm_hash}:{nt_hash}:[U]:LCT-00000000\n")
+        else:
+            lines.append(f"{domain}:{user}:{password}\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+class _UserFileEnv:
+    """Process-wide ownership of ``NTLM_USER_FILE`` while servers run.
+
+    Environment variables are shared by every thread, and pyspnego re-reads this one for
+    each type 3 message, so two servers with different files cannot run at once.  Servers
+    using the same file share it (reference counted); the previous value is restored when
+    the last one stops.
+    """
+
+    _lock = threading.Lock()
+    _path: str | None = None
+    _count = 0
+    _saved: str | None = None
+
+    @classmethod
+    def acquire(cls, path: Path) -> None:
+        value = str(path.resolve())
+        with cls._lock:
+            if cls._count and cls._path != value:
+                raise RuntimeError(
+                    f"{USER_FILE_ENV} is process-wide and another IISLikeServer is running "
+                    "with a different user file; stop it first or share the file"
+                )
+            if cls._count == 0:
+                cls._saved = os.environ.get(USER_FILE_ENV)
+                os.environ[USER_FILE_ENV] = value
+                cls._path = value
+            cls._count += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._count -= 1
+            if cls._count == 0:
+                if cls._saved is None:
+                    os.environ.pop(USER_FILE_ENV, None)
+                else:
+                    os.environ[USER_FILE_ENV] = cls._saved
+                cls._path = cls._saved = None
+
+
+class _DropThreadRecords(logging.Filter):
+    """Drop log records emitted on the server threads.
+
+    pyspnego logs every input and output token in base64 at DEBUG
+    (``NTLM step input: ...``).  A client test that turns DEBUG on to prove the client
+    never logs tokens would otherwise see the server's.  Records from other threads (the
+    client's own pyspnego contexts) pass untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread_ids: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread not in self.thread_ids
+
+
+_TOKEN_LOG_FILTER = _DropThreadRecords()
+# Filters on a logger do not apply to records propagated from its children, so each module
+# logger that logs tokens gets the filter.
+for _name in ("spnego._ntlm", "spnego._negotiate", "spnego._gss", "spnego._sspi"):
+    logging.getLogger(_name).addFilter(_TOKEN_LOG_FILTER)
+
+
+# -- channel bindings ----------------------------------------------------------------------
+
+
+def tls_server_end_point(certificate_der: bytes) -> bytes:
+    """RFC 5929 ``tls-server-end-point`` hash of a server certificate (DER).
+
+    The hash is the certificate's signature hash, except that MD5 and SHA-1 are replaced
+    by SHA-256.  RFC 5929 leaves signature schemes without a separate hash (Ed25519)
+    undefined; SHA-256 is used there too, as most implementations do.
+    """
+    certificate = x509.load_der_x509_certificate(certificate_der)
+    try:
+        algorithm = certificate.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        algorithm = None
+    if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(certificate_der)
+    return digest.finalize()
+
+
+def channel_bindings_for(certificate_der: bytes) -> GssChannelBindings:
+    """The channel bindings an HTTPS client and server derive from the server certificate."""
+    return GssChannelBindings(
+        application_data=b"tls-server-end-point:" + tls_server_end_point(certificate_der)
+    )
+
+
+def _served_certificate(context: ssl.SSLContext) -> bytes:
+    """DER of the certificate ``context`` presents, found by a TLS handshake in memory.
+
+    An ``SSLContext`` does not expose its own certificate, and a handshake over a real
+    socket would show up in the connection counters; memory BIOs avoid both.
+    """
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = context.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(8):
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        else:
+            der = client.getpeercert(binary_form=True)
+            if der:
+                return der
+            break
+        s_in.write(c_out.read())
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError):
+            server.do_handshake()
+        c_in.write(s_out.read())
+    raise ValueError("could not obtain the certificate served by ssl_context")
+
+
+def _md5(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+# -- NTLM message inspection (diagnostics only; pyspnego does the real parsing) --------------
+
+
+def _ntlm_message(token: bytes) -> bytes | None:
+    """The NTLM message inside a raw or SPNEGO-wrapped token, from its signature on.
+
+    NTLM fields are addressed by offsets from the signature, and SPNEGO carries the
+    message as one contiguous OCTET STRING, so slicing at the signature is enough.
+    """
+    index = token.find(_NTLM_SIGNATURE)
+    return token[index:] if index >= 0 else None
+
+
+def ntlm_message_type(token: bytes) -> int | None:
+    """1 (NEGOTIATE), 2 (CHALLENGE) or 3 (AUTHENTICATE) for a raw or SPNEGO-wrapped token."""
+    message = _ntlm_message(token)
+    if message is None or len(message) < 12:
+        return None
+    return int(struct.unpack_from("<I", message, 8)[0])
+
+
+def _client_channel_binding(message: bytes) -> bytes | None:
+    """MsvAvChannelBindings (an MD5 of the bindings) from an AUTHENTICATE message, if any.
+
+    The AV pairs sit in the NTLMv2 response after the 16-byte NTProofStr and the 28-byte
+    fixed part of NTLMv2_CLIENT_CHALLENGE; NTLMv1 responses (24 bytes) have none.
+    """
+    try:
+        nt_length, _, nt_offset = struct.unpack_from("<HHI", message, 20)
+        response = message[nt_offset : nt_offset + nt_length]
+        position = 16 + 28
+        while position + 4 <= len(response):
+            av_id, av_length = struct.unpack_from("<HH", response, position)
+            position += 4
+            if av_id == _MSV_AV_EOL:
+                break
+            if av_id == _MSV_AV_CHANNEL_BINDINGS:
+                return bytes(response[position : position + av_length])
+            position += av_length
+    except struct.error:
+        return None
+    return None
+
+
+# -- records and per-connection state ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NTLMRequestRecord:
+    """One HTTP exchange as the server saw it, 401 legs included.
+
+    ``scheme`` is the scheme of the request's ``Authorization`` header (``"NTLM"``,
+    ``"Negotiate"``, another word, or None without one).  ``token_length`` is the size of
+    the decoded token, never the token.  ``ntlm_message`` is the NTLM message type the
+    client sent (1 or 3), also when wrapped in SPNEGO.  ``channel_binding`` describes a
+    type 3 message: ``"none"`` (no MsvAvChannelBindings), ``"zero"`` (16 zero bytes:
+    "client has no binding"), ``"match"`` or ``"mismatch"`` (over plain HTTP any non-zero
+    binding is a mismatch).  ``handshake`` is True when this request completed a handshake;
+    ``error`` says why the acceptor rejected a token (no token bytes in it).
+    """
+
+    conn_seq: int
+    method: str
+    path: str
+    scheme: str | None
+    status: int
+    user: str | None
+    started: float
+    finished: float
+    token_length: int = 0
+    ntlm_message: int | None = None
+    channel_binding: str | None = None
+    handshake: bool = False
+    error: str | None = None
+
+
+@dataclass
+class _ConnectionAuth:
+    """Auth state of one TCP connection: a pending acceptor or an authenticated user."""
+
+    context: spnego.ContextProxy | None = None
+    scheme: str | None = None
+    user: str | None = None
+    user_scheme: str | None = None
+
+    def reset(self) -> None:
+        self.context = self.scheme = self.user = self.user_scheme = None
+
+
+class _Rejected(Exception):
+    """A token the acceptor (or the channel-binding policy) refused; 401 and start over."""
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+class IISLikeServer(ThreadedLoopbackBase):
+    """HTTP/1.1 server on loopback with IIS-style Windows-integrated auth.
+
+    See tests/servers/README.md.  Every path is protected.  Use as a context manager or
+    with ``start()``/``stop()``.
+    """
+
+    _thread_name = "loopback-iis"
+
+    def __init__(
+        self,
+        *,
+        user_file: Path,
+        ssl_context: ssl.SSLContext | None = None,
+        schemes: tuple[str, ...] = ("Negotiate", "NTLM"),
+        auth_per_request: bool = False,
+        require_channel_binding: bool = False,
+        idle_timeout: float | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(host=host, ssl_context=ssl_context)
+        known = {"ntlm": "NTLM", "negotiate": "Negotiate"}
+        if not schemes or any(s.lower() not in known for s in schemes):
+            raise ValueError(f"schemes must be a non-empty choice of {sorted(known.values())}")
+        if require_channel_binding and ssl_context is None:
+            raise ValueError("require_channel_binding needs an ssl_context (bindings are TLS)")
+        self.user_file = Path(user_file)
+        if not self.user_file.is_file():
+            raise FileNotFoundError(f"user file {self.user_file} does not exist")
+        self.schemes = tuple(known[s.lower()] for s in schemes)
+        self.auth_per_request = auth_per_request
+        self.require_channel_binding = require_channel_binding
+        self.idle_timeout = idle_timeout
+        self.certificate_der: bytes | None = None
+        self.channel_bindings: GssChannelBindings | None = None
+        self._expected_binding_md5: bytes | None = None
+        if ssl_context is not None:
+            self.certificate_der = _served_certificate(ssl_context)
+            self.channel_bindings = channel_bindings_for(self.certificate_der)
+            self._expected_binding_md5 = _md5(self.channel_bindings.pack())
+        self._env_acquired = False
+        self._requests_total = 0
+        self._handshakes_completed = 0
+        self._log: list[NTLMRequestRecord] = []
+        self._users: dict[int, str | None] = {}
+        self._open_seqs: set[int] = set()
+
+    # -- lifecycle: own NTLM_USER_FILE while running ----------------------------------------
+
+    def start(self: _IISServerT) -> _IISServerT:
+        """Point ``NTLM_USER_FILE`` at ``user_file``, then start as the base class does."""
+        _UserFileEnv.acquire(self.user_file)
+        self._env_acquired = True
+        try:
+            super().start()
+        except BaseException:
+            self._release_env()
+            raise
+        return self
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self._release_env()
+
+    def _release_env(self) -> None:
+        if self._env_acquired:
+            self._env_acquired = False
+            _UserFileEnv.release()
+
+    async def _main(self) -> None:
+        thread_id = threading.get_ident()
+        _TOKEN_LOG_FILTER.thread_ids.add(thread_id)
+        try:
+            await super()._main()
+        finally:
+            _TOKEN_LOG_FILTER.thread_ids.discard(thread_id)
+
+    # -- counters --------------------------------------------------------------------------
+
+    @property
+    def requests_total(self) -> int:
+        """HTTP exchanges whose request head arrived, every 401 leg included."""
+        with self._lock:
+            return self._requests_total
+
+    @property
+    def handshakes_completed(self) -> int:
+        """Handshakes the acceptor completed (successful type 3 messages)."""
+        with self._lock:
+            return self._handshakes_completed
+
+    @property
+    def log(self) -> list[NTLMRequestRecord]:
+        """Snapshot of the finished exchanges, in completion order."""
+        with self._lock:
+            return list(self._log)
+
+    def connection_users(self) -> dict[int, str | None]:
+        """conn_seq -> user the connection is authenticated as (None if not).
+
+        Only persistent auth (``auth_per_request=False``) authenticates a connection.
+        Closed connections stay listed with their last state until ``reset()``.
+        """
+        with self._lock:
+            return dict(self._users)
+
+    def reset(self) -> None:
+        """Zero the counters and the log (connection serial numbers keep counting)."""
+        with self._lock:
+            self._reset_connection_counters()
+            self._requests_total = 0
+            self._handshakes_completed = 0
+            self._log.clear()
+            self._users = {seq: user for seq, user in self._users.items() if seq in self._open_seqs}
+
+    def _connection_opened(self, seq: int) -> None:
+        with self._lock:
+            self._users[seq] = None
+            self._open_seqs.add(seq)
+
+    def _set_user(self, seq: int, user: str | None) -> None:
+        with self._lock:
+            self._users[seq] = user
+
+    # -- connection handling ---------------------------------------------------------------
+
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seq: int
+    ) -> None:
+        stream = H11Stream(reader, writer, h11.Connection(h11.SERVER))
+        auth = _ConnectionAuth()
+        try:
+            while True:
+                event = await stream.next_event(idle_timeout=self.idle_timeout)
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed
+                started = time.monotonic()
+                with self._lock:
+                    self._requests_total += 1
+                if stream.conn.they_are_waiting_for_100_continue:
+                    await stream.send(h11.InformationalResponse(status_code=100, headers=[]))
+                body = await stream.read_body()
+                exchange = _Exchange(self, stream, seq, auth, event, body, started)
+                if not await exchange.respond():
+                    return
+                if stream.conn.our_state is not h11.DONE or stream.conn.their_state is not h11.DONE:
+                    return  # Connection: close from either side
+                stream.conn.start_next_cycle()
+        finally:
+            with self._lock:
+                self._open_seqs.discard(seq)
+
+
+class _Exchange:
+    """One request on a connection: the auth state machine and the response."""
+
+    def __init__(
+        self,
+        server: IISLikeServer,
+        stream: H11Stream,
+        seq: int,
+        auth: _ConnectionAuth,
+        request: h11.Request,
+        body: bytes,
+        started: float,
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.seq = seq
+        self.auth = auth
+        self.body = body
+        self.started = started
+        self.method = request.method.decode("ascii", "replace")
+        self.target = request.target.decode("latin-1")
+        split = urlsplit(self.target)
+        self.path = split.path
+        self.query = parse_qs(split.query)
+        self.authorization: str | None = None
+        for name, value in request.headers:
+            if name == b"authorization":
+                self.authorization = decode_header_value(bytes(value))
+                break
+        # Filled in while handling, for the log record.
+        self.scheme: str | None = None
+        self.token_length = 0
+        self.ntlm_message: int | None = None
+        self.channel_binding: str | None = None
+        self.error: str | None = None
+
+    async def respond(self) -> bool:
+        """Run the auth state machine and answer; False means "close the connection now"."""
+        server, auth = self.server, self.auth
+        if self.authorization is None:
+            if auth.user is not None and not server.auth_per_request:
+                await self.ok(auth.user, auth.user_scheme, handshake=False)
+                return True
+            # Anonymous, or a request that abandoned a pending handshake.
+            self.drop_auth()
+            await self.unauthorized()
+            return True
+
+        scheme, _, encoded = self.authorization.strip().partition(" ")
+        self.scheme = next((s for s in server.schemes if s.lower() == scheme.lower()), scheme)
+        try:
+            if self.scheme not in server.schemes:
+                raise _Rejected(f"scheme {scheme!r} not offered")
+            try:
+                token = base64.b64decode(encoded.strip(), validate=True)
+            except binascii.Error:
+                raise _Rejected("token is not base64") from None
+            if not token:
+                raise _Rejected("empty token")
+            out_token = self.step(token)
+        except _Rejected as exc:
+            self.error = str(exc)
+            self.drop_auth()
+            await self.unauthorized()
+            return True
+
+        context = auth.context
+        assert context is not None  # step() created it or raised
+        if not context.complete:
+            # Leg 1 answered: the challenge must come back on this connection.
+            assert out_token is not None  # step() guarantees a token for an open context
+            if self.path == "/close-after-challenge":
+                # The server drops the connection between the legs, with or without saying so.
+                announce = self.query.get("announce") == ["1"]
+                await self.unauthorized(challenge=out_token, close=announce)
+                return False
+            await self.unauthorized(challenge=out_token)
+            return True
+
+        # Handshake complete.
+        user = context.client_principal or ""
+        auth.context = None
+        if server.auth_per_request:
+            auth.reset()
+        else:
+            auth.user, auth.user_scheme = user, self.scheme
+            server._set_user(self.seq, user)
+        with server._lock:
+            server._handshakes_completed += 1
+        await self.ok(user, self.scheme, handshake=True, final_token=out_token)
+        return True
+
+    def step(self, token: bytes) -> bytes | None:
+        """Feed one client token to this connection's acceptor; raise _Rejected on failure."""
+        server, auth = self.server, self.auth
+        assert self.scheme is not None
+        self.token_length = len(token)
+        self.ntlm_message = ntlm_message_type(token)
+        starts_handshake = self.ntlm_message == 1 or token[0] == _SPNEGO_INIT_TAG
+        if starts_handshake:
+            # A new handshake always starts over, also on an authenticated connection.
+            self.drop_auth()
+            auth.scheme = self.scheme
+            auth.context = spnego.server(protocol=self.scheme.lower())
+        elif auth.context is None or auth.scheme != self.scheme:
+            raise _Rejected("no handshake in progress on this connection for this scheme")
+
+        bindings = None
+        if self.ntlm_message == 3:
+            message = _ntlm_message(token)
+            assert message is not None
+            self.channel_binding = self.diagnose_binding(_client_channel_binding(message))
+            if server.require_channel_binding:
+                if self.channel_binding == "zero":
+                    # pyspnego treats all zeros as "no binding, accept" even when the acceptor
+                    # has bindings; IIS with Extended Protection "Require" does not.
+                    raise _Rejected("client sent an all-zero channel binding")
+                bindings = server.channel_bindings
+        try:
+            out_token = auth.context.step(token, channel_bindings=bindings)
+        except Exception as exc:
+            # Malformed tokens surface as struct.error/ValueError, bad logons as SpnegoError.
+            raise _Rejected(f"{type(exc).__name__}: {exc}") from None
+        if not auth.context.complete and not out_token:
+            raise _Rejected("acceptor neither completed nor produced a token")
+        return out_token
+
+    def diagnose_binding(self, sent: bytes | None) -> str:
+        if sent is None:
+            return "none"
+        if sent == b"\x00" * 16:
+            return "zero"
+        return "match" if sent == self.server._expected_binding_md5 else "mismatch"
+
+    def drop_auth(self) -> None:
+        """Forget any pending handshake and the connection's user."""
+        self.auth.reset()
+        self.server._set_user(self.seq, None)
+
+    # -- responses -------------------------------------------------------------------------
+
+    async def unauthorized(self, *, challenge: bytes | None = None, close: bool = False) -> None:
+        """401: bare scheme offers (fresh), or the acceptor's challenge for this scheme."""
+        if challenge is None:
+            headers = [(b"WWW-Authenticate", scheme.encode()) for scheme in self.server.schemes]
+        else:
+            assert self.scheme is not None
+            value = f"{self.scheme} {base64.b64encode(challenge).decode()}"
+            headers = [(b"WWW-Authenticate", value.encode())]
+        await self.reply(
+            401, _UNAUTHORIZED_BODY, b"text/html", headers, user=None, handshake=False, close=close
+        )
+
+    async def ok(
+        self,
+        user: str,
+        scheme: str | None,
+        *,
+        handshake: bool,
+        final_token: bytes | None = None,
+    ) -> None:
+        headers = []
+        if final_token:
+            # SPNEGO's accept-complete token with the mechListMIC; a pyspnego Negotiate
+            # initiator is only complete after it has processed this.
+            value = f"{scheme} {base64.b64encode(final_token).decode()}"
+            headers.append((b"WWW-Authenticate", value.encode()))
+        payload = {
+            "user": user,
+            "conn": self.seq,
+            "path": self.target,
+            "method": self.method,
+            "body_length": len(self.body),
+            "handshake": handshake,
+            "scheme": scheme,
+        }
+        await self.reply(
+            200,
+            json.dumps(payload).encode(),
+            b"application/json",
+            headers,
+            user=user,
+            handshake=handshake,
+        )
+
+    async def reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        user: str | None,
+        handshake: bool,
+        close: bool = False,
+    ) -> None:
+        response_headers: list[tuple[bytes, bytes]] = [
+            (b"X-Conn-Seq", str(self.seq).encode()),
+            *headers,
+            (b"Content-Type", content_type),
+            (b"Content-Length", str(len(body)).encode()),
+        ]
+        if close:
+            response_headers.append((b"Connection", b"close"))
+        events: list[Any] = [
+            h11.Response(status_code=status, headers=response_headers, reason=reason_phrase(status))
+        ]
+        if self.method != "HEAD":
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+
+        def record() -> None:
+            entry = NTLMRequestRecord(
+                conn_seq=self.seq,
+                method=self.method,
+                path=self.target,
+                scheme=self.scheme,
+                status=status,
+                user=user,
+                started=self.started,
+                finished=time.monotonic(),
+                token_length=self.token_length,
+                ntlm_message=self.ntlm_message,
+                channel_binding=self.channel_binding,
+                handshake=handshake,
+                error=self.error,
+            )
+            with self.server._lock:
+                self.server._log.append(entry)
+
+        await self.stream.send(*events, before_write=record)
