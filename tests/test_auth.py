@@ -175,12 +175,24 @@ async def test_auth_channel_binding_on_https(
 
 
 async def test_auth_server_closing_between_legs(iis: IISLikeServer) -> None:
+    """Either the close is seen before the last leg goes out (the pin cannot be honoured, and
+    the split is reported by name), or the leg meets the closed socket (a transport error).
+    Never a silent retry on another connection."""
     async with ExClient() as client:
-        with pytest.raises(AuthenticationError, match=r"NTLM handshake .* was split") as info:
-            await client.get(iis.url + "/close-after-challenge", auth=NTLMAuth(*ALICE))
-        assert isinstance(info.value, httpx.HTTPError)
-        assert isinstance(info.value, HTTPXExtensionsError)
-        assert_pool_clean(client)
+        for _ in range(5):
+            try:
+                await client.get(iis.url + "/close-after-challenge", auth=NTLMAuth(*ALICE))
+            except AuthenticationError as exc:
+                assert "NTLM handshake" in str(exc)
+                assert "was split" in str(exc)
+                assert isinstance(exc, httpx.HTTPError)
+                assert isinstance(exc, HTTPXExtensionsError)
+            except httpx.TransportError:
+                pass
+            else:
+                pytest.fail("a handshake split by the server went unnoticed")
+            assert_pool_clean(client)
+        assert all(r.status != 200 for r in iis.log)
 
 
 async def test_auth_cancel_mid_handshake_leaves_nothing_reserved(iis: IISLikeServer) -> None:
