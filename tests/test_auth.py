@@ -148,6 +148,17 @@ async def test_auth_post_body_through_the_handshake(iis: IISLikeServer) -> None:
         assert len(type1) == 1
 
 
+async def test_auth_streamed_body_is_replayed_on_the_final_leg(iis: IISLikeServer) -> None:
+    async def body():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"y" * 1000
+
+    async with ExClient() as client:
+        response = await client.post(iis.url + "/upload", content=body(), auth=NTLMAuth(*ALICE))
+        assert response.status_code == 200
+        assert response.json()["body_length"] == 10_000
+
+
 async def test_auth_negotiate_falls_back_to_ntlm(iis: IISLikeServer) -> None:
     async with ExClient() as client:
         response = await client.get(iis.url + "/", auth=NegotiateAuth(*ALICE))

@@ -168,6 +168,8 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        # A streamed body is read into memory so that the final leg can send it again.
+        await request.aread()
         request.extensions[PARTITION] = self._partition
         origin = _origin(request.url)
         bindings: object | None = None
