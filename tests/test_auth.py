@@ -296,3 +296,32 @@ async def test_auth_fuzzed_challenges(challenge: str) -> None:
             assert outcome.status_code in (200, 401)
         else:
             assert "NTLM" in str(outcome)
+
+
+async def test_auth_current_user_from_ntlm_user_file(user_file: Path) -> None:
+    """No credentials given: pyspnego takes the current user's from NTLM_USER_FILE (set here by
+    the server fixture, which reads the same file)."""
+    with IISLikeServer(user_file=user_file, schemes=("NTLM",)) as iis:
+        async with ExClient() as client:
+            response = await client.get(iis.url + "/", auth=NegotiateAuth())
+            assert response.status_code == 200
+            assert response.json()["user"] == "EXAMPLE\\alice"  # the file's first entry
+
+
+async def test_auth_wrong_channel_binding_is_rejected(
+    iis_https: IISLikeServer,
+    client_ssl_context: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spnego.channel_bindings import GssChannelBindings
+
+    from httpx_extensions import _auth
+
+    def other_certificate(response: httpx.Response) -> GssChannelBindings:
+        return GssChannelBindings(application_data=b"tls-server-end-point:" + b"\x01" * 32)
+
+    monkeypatch.setattr(_auth, "_channel_bindings", other_certificate)
+    async with ExClient(verify=client_ssl_context) as client:
+        response = await client.get(iis_https.url + "/", auth=NTLMAuth(*ALICE))
+        assert response.status_code == 401
+        assert [r.channel_binding for r in iis_https.log if r.ntlm_message == 3] == ["mismatch"]
