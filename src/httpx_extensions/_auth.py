@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
@@ -39,6 +40,34 @@ from ._extensions import CONN_ID, PARTITION
 __all__ = ["AuthenticationError", "NTLMAuth", "NegotiateAuth"]
 
 logger = logging.getLogger("httpx_extensions.auth")
+
+# pyspnego logs whole tokens at DEBUG. Unless the application chose a level for its logger,
+# keep it at INFO so that turning on DEBUG logging to look at this library leaks no token.
+_spnego_logger = logging.getLogger("spnego")
+if _spnego_logger.level == logging.NOTSET:
+    _spnego_logger.setLevel(logging.INFO)
+
+_AUTH_HEADER = re.compile(
+    r"\((b?)(['\"])(authorization|www-authenticate|proxy-authorization|proxy-authenticate)\2,"
+    r" b?(['\"]).*?\4\)",
+    re.IGNORECASE,
+)
+
+
+class _RedactAuthHeaders(logging.Filter):
+    """httpcore's DEBUG trace prints every header; blank the values of the auth ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if isinstance(message, str) and ("uthenticat" in message or "uthoriz" in message):
+            record.msg = _AUTH_HEADER.sub(r"(\1\2\3\2, b'<redacted>')", message)
+        return True
+
+
+for _name in ("httpcore.http11", "httpcore.proxy"):
+    _trace_logger = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactAuthHeaders) for f in _trace_logger.filters):
+        _trace_logger.addFilter(_RedactAuthHeaders())
 
 # How many authenticated conn_ids an auth remembers, to notice a server re-challenging them.
 _REMEMBERED_CONNECTIONS = 4096
