@@ -71,6 +71,8 @@ for _name in ("httpcore.http11", "httpcore.proxy"):
 
 # How many authenticated conn_ids an auth remembers, to notice a server re-challenging them.
 _REMEMBERED_CONNECTIONS = 4096
+# How many NTLM template contexts (one per SPN host and channel binding) an auth keeps.
+_NTLM_TEMPLATES = 64
 
 
 class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
@@ -178,6 +180,12 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         )
         self._authenticated: OrderedDict[int, None] = OrderedDict()
         self._rechallenging: set[str] = set()
+        # NTLM with a password: spnego.client() derives the LM and NT hashes for every context
+        # (the LM hash in pure-Python DES: most of a handshake's CPU). One template context per
+        # (SPN host, bindings) keeps them; new_context() clones it with the hashes computed.
+        self._ntlm_templates: OrderedDict[tuple[str, bytes | None], spnego.ContextProxy] = (
+            OrderedDict()
+        )
 
     def __repr__(self) -> str:
         user = self._username if self._username is not None else "<current user>"
@@ -317,8 +325,18 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             )
 
         try:
+            if protocol == "ntlm" and self._password is None:
+                return create()  # NTLM_USER_FILE: re-read for every context, as pyspnego does
             if protocol == "ntlm":
-                return create()
+                key = (hostname, cbt.pack() if cbt is not None else None)
+                template = self._ntlm_templates.get(key)
+                if template is None:
+                    template = self._ntlm_templates[key] = create()
+                    if len(self._ntlm_templates) > _NTLM_TEMPLATES:
+                        self._ntlm_templates.popitem(last=False)
+                else:
+                    self._ntlm_templates.move_to_end(key)
+                return template.new_context()
             return await anyio.to_thread.run_sync(create)  # may read a ccache or call SSPI
         except spnego.exceptions.SpnegoError as exc:
             raise AuthenticationError(

@@ -1,0 +1,892 @@
+#!/usr/bin/env python3
+"""NTLM benchmark: ExClient + NTLMAuth against the other Python NTLM clients.
+
+The endpoint is ``tests/servers/ntlm.py``'s ``IISLikeServer`` (a real pyspnego acceptor
+per TCP connection, IIS-style 401s with a body) running in its own process, with a user
+file of precomputed hashes (``store_hashes=True``). Two server modes:
+
+* ``per-connection`` (IIS default): a connection stays authenticated after its handshake;
+* ``per-request`` (IIS ``authPersistSingleRequest``): every request needs a handshake.
+
+Clients, each sending ``GET /`` and reading the full body:
+
+* ``exclient``       ExClient(auth=httpx_extensions.NTLMAuth(...))
+* ``httpx-ntlm``     httpx.AsyncClient(auth=httpx_ntlm.HttpNtlmAuth(...))
+* ``requests-ntlm``  one requests.Session(auth=requests_ntlm.HttpNtlmAuth(...)) on
+                     min(c, 16) threads, HTTPAdapter(pool_connections=pool_maxsize=threads)
+* ``aiohttp-ntlm``   aiohttp.ClientSession(middlewares=(aiohttp_ntlm.HttpNtlmAuthMiddleware(...),))
+
+Rows: c = 1, 10, 50 with each library's default pool (httpx/ExClient 100 connections,
+aiohttp ``limit=100``), and ``50/10``: c = 50 through a 10-connection pool
+(``max_connections=10``, ``limit=10``, requests: 16 threads, ``pool_maxsize=10,
+pool_block=True``). Every (client, mode, row) run is a fresh interpreter; the client is
+cold (no warm-up: the handshakes are part of what is measured). Server counters are reset
+before and read after the measured part over a side channel (a stdlib HTTP server on
+another port of the server process, outside the NTLM server's counters).
+
+    .venv/bin/python bench/ntlm.py                      # full run, updates README + results
+    .venv/bin/python bench/ntlm.py --quick              # smoke run, writes nothing tracked
+    .venv/bin/python bench/ntlm.py --clients exclient --modes per-request --rows 50,50/10
+    .venv/bin/python bench/ntlm.py serve --mode per-connection   # the server by hand
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402
+
+CLIENTS = {
+    "exclient": "ExClient + NTLMAuth",
+    "httpx-ntlm": "httpx.AsyncClient + httpx-ntlm",
+    "requests-ntlm": "requests.Session + requests-ntlm",
+    "aiohttp-ntlm": "aiohttp + aiohttp-ntlm",
+}
+MODES = {"per-connection": False, "per-request": True}  # -> auth_per_request
+ROWS = {"1": (1, None), "10": (10, None), "50": (50, None), "50/10": (50, 10)}
+REQUESTS_THREADS_MAX = 16
+DOMAIN, USER, PASSWORD = "BENCH", "alice", "Bench-Passw0rd!"
+USERNAME = f"{DOMAIN}\\{USER}"
+TIMEOUT = 5.0  # per request, every client (ExClient's and httpx's default)
+EXTRA_PACKAGES = (
+    "pyspnego",
+    "httpx-ntlm",
+    "requests",
+    "requests-ntlm",
+    "urllib3",
+    "aiohttp-ntlm",
+)
+RESULTS_JSON = HERE / "results" / "ntlm.json"
+README = HERE / "README.md"
+EXIT_IMPORT_FAILED = 3
+
+
+# --------------------------------------------------------------------------- server process
+
+
+def serve(argv: list[str]) -> int:
+    """``ntlm.py serve``: IISLikeServer + a stats side channel; prints one JSON line."""
+    p = argparse.ArgumentParser(prog="ntlm.py serve")
+    p.add_argument("--mode", choices=list(MODES), default="per-connection")
+    p.add_argument(
+        "--user-file",
+        type=Path,
+        help="NTLM_USER_FILE to use (default: a temporary one with the bench user, hashes)",
+    )
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from tests.servers.ntlm import IISLikeServer, write_user_file
+
+    tmp = None
+    if args.user_file is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-ntlm-")
+        args.user_file = write_user_file(
+            Path(tmp.name, "users.txt"), [(DOMAIN, USER, PASSWORD)], store_hashes=True
+        )
+    server = IISLikeServer(user_file=args.user_file, auth_per_request=MODES[args.mode])
+
+    def stats() -> dict:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "requests_total": server.requests_total,
+            "connections_opened": server.connections_opened,
+            "handshakes_completed": server.handshakes_completed,
+            "open_connections": server.open_connections,
+            "max_open_connections": server.max_open_connections,
+            "errors": [f"{type(e).__name__}: {e}" for e in server.errors][:20],
+            "cpu_s": ru.ru_utime + ru.ru_stime,
+        }
+
+    class Control(BaseHTTPRequestHandler):
+        def _answer(self, reset: bool) -> None:
+            if self.path != "/stats":
+                self.send_error(404)
+                return
+            if reset:
+                server.reset()
+            body = json.dumps(stats()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(reset=False)
+
+        def do_POST(self) -> None:  # POST /stats: reset the counters, then read them
+            self._answer(reset=True)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        control = ThreadingHTTPServer(("127.0.0.1", 0), Control)
+        threading.Thread(target=control.serve_forever, daemon=True).start()
+        info = {
+            "url": server.url,
+            "stats_url": f"http://127.0.0.1:{control.server_address[1]}/stats",
+            "mode": args.mode,
+            "pid": os.getpid(),
+        }
+        print(json.dumps(info), flush=True)
+        if sys.stdin.isatty():
+            print(
+                f"IISLikeServer ({args.mode}) at {server.url}, user {USERNAME!r} / "
+                f"{PASSWORD!r}; counters: {info['stats_url']}; Ctrl-C stops it",
+                file=sys.stderr,
+            )
+
+        def stdin_closed() -> None:  # the orchestrator closes our stdin to stop us
+            with contextlib.suppress(Exception):
+                sys.stdin.read()
+            if not sys.stdin.isatty():
+                stop.set()
+
+        threading.Thread(target=stdin_closed, daemon=True).start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        control.shutdown()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+class ServerProcess:
+    """``ntlm.py serve`` as a child process; use as a context manager."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def __enter__(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "serve", "--mode", self.mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            start_new_session=True,  # Ctrl-C is ours to handle
+        )
+        line = self.proc.stdout.readline()
+        if not line:
+            self.__exit__()
+            raise RuntimeError(f"the NTLM server ({self.mode}) did not start")
+        self.info = json.loads(line)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def read_stats(stats_url: str, reset: bool = False) -> dict:
+    req = urllib.request.Request(stats_url, method="POST" if reset else "GET", data=None)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _make_async_client(spec: dict):
+    """(closer coroutine function, async fn doing one request -> None if OK else a kind)."""
+    name, pool = spec["client"], spec["pool"]
+    if name == "aiohttp-ntlm":
+        import aiohttp
+        from aiohttp_ntlm import HttpNtlmAuthMiddleware
+
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=pool or 100),
+            middlewares=(HttpNtlmAuthMiddleware(USERNAME, PASSWORD),),
+            timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+        )
+
+        async def get(url: str) -> str | None:
+            async with session.get(url) as resp:
+                await resp.read()
+                return None if resp.status == 200 else f"HTTP {resp.status}"
+
+        return session.close, get
+
+    import httpx
+
+    kwargs: dict = {"timeout": TIMEOUT}
+    if pool:
+        kwargs["limits"] = httpx.Limits(max_connections=pool)
+    if name == "exclient":
+        from httpx_extensions import ExClient, NTLMAuth
+
+        client = ExClient(auth=NTLMAuth(USERNAME, PASSWORD), **kwargs)
+    elif name == "httpx-ntlm":
+        from httpx_ntlm import HttpNtlmAuth
+
+        client = httpx.AsyncClient(auth=HttpNtlmAuth(USERNAME, PASSWORD), **kwargs)
+    else:
+        raise ValueError(name)
+
+    async def get(url: str) -> str | None:
+        resp = await client.get(url)  # not streaming: the body is read in full
+        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+    return client.aclose, get
+
+
+async def _drive_async(get, url: str, total: int, concurrency: int, budget: float) -> dict:
+    """C workers share one counter of N requests; hard stop after *budget* s."""
+    remaining = total
+    ok = failed = 0
+    kinds: Counter[str] = Counter()
+
+    async def worker() -> None:
+        nonlocal remaining, ok, failed
+        while remaining > 0:
+            remaining -= 1
+            try:
+                bad = await get(url)
+            except Exception as exc:
+                bad = _kind(exc)
+            if bad is None:
+                ok += 1
+            else:
+                failed += 1
+                kinds[bad] += 1
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=budget)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            kinds["worker crashed: " + _kind(task.exception())] += 1
+    return {"ok": ok, "failed": failed, "kinds": dict(kinds), "stopped_early": bool(pending)}
+
+
+def _run_requests(spec: dict, url: str) -> dict:
+    """requests + requests-ntlm: one Session shared by min(c, 16) threads."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from requests_ntlm import HttpNtlmAuth
+
+    threads = min(spec["concurrency"], REQUESTS_THREADS_MAX)
+    size = spec["pool"] or threads
+    session = requests.Session()
+    session.auth = HttpNtlmAuth(USERNAME, PASSWORD)
+    adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, pool_block=bool(spec["pool"]))
+    session.mount("http://", adapter)
+
+    lock = threading.Lock()
+    state = {"remaining": spec["requests"], "ok": 0, "failed": 0}
+    kinds: Counter[str] = Counter()
+    deadline = time.monotonic() + spec["max_seconds"]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if state["remaining"] <= 0 or time.monotonic() > deadline:
+                    return
+                state["remaining"] -= 1
+            try:
+                resp = session.get(url, timeout=TIMEOUT)
+                resp.content  # noqa: B018 - read the body in full
+                bad = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+            except Exception as exc:
+                bad = _kind(exc)
+            with lock:
+                if bad is None:
+                    state["ok"] += 1
+                else:
+                    state["failed"] += 1
+                    kinds[bad] += 1
+
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=max(0.0, deadline - time.monotonic()) + 2 * TIMEOUT + 5)
+    alive = sum(t.is_alive() for t in pool)
+    if alive:
+        kinds["worker stuck"] += alive
+    session.close()
+    with lock:
+        return {
+            "ok": state["ok"],
+            "failed": state["failed"],
+            "kinds": dict(kinds),
+            "stopped_early": state["remaining"] > 0,
+            "threads": threads,
+            "pool_maxsize": size,
+            "pool_block": bool(spec["pool"]),
+        }
+
+
+async def _run_async(spec: dict, url: str) -> dict:
+    closer, get = _make_async_client(spec)
+    try:
+        return await _drive_async(
+            get, url, spec["requests"], spec["concurrency"], spec["max_seconds"]
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(closer(), timeout=10)
+
+
+def worker_main(spec: dict) -> None:
+    url = spec["url"] + "/"
+    try:
+        if spec["client"] == "requests-ntlm":
+            import requests_ntlm  # noqa: F401
+        elif spec["client"] == "aiohttp-ntlm":
+            import aiohttp_ntlm  # noqa: F401
+        elif spec["client"] == "httpx-ntlm":
+            import httpx_ntlm  # noqa: F401
+        else:
+            import httpx_extensions  # noqa: F401
+    except ImportError as exc:
+        print(json.dumps({"import_error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        sys.exit(EXIT_IMPORT_FAILED)
+
+    s0 = read_stats(spec["stats_url"], reset=True)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    if spec["client"] == "requests-ntlm":
+        res = _run_requests(spec, url)
+    else:
+        res = asyncio.run(_run_async(spec, url))
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    s1 = read_stats(spec["stats_url"])
+
+    done = res["ok"] + res["failed"]
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    out = {
+        **res,
+        "wall_s": wall,
+        "completed": done,
+        "req_per_s": res["ok"] / wall if wall > 0 else 0.0,
+        "exchanges": s1["requests_total"],
+        "exchanges_per_request": s1["requests_total"] / done if done else None,
+        "conns_opened": s1["connections_opened"],
+        "max_open_connections": s1["max_open_connections"],
+        "handshakes": s1["handshakes_completed"],
+        "server_errors": s1["errors"],
+        "client_cpu_ms_per_1k": cpu * 1e6 / done if done else None,
+        "client_cpu_pct": 100 * cpu / wall if wall > 0 else None,
+        "server_cpu_pct": 100 * (s1["cpu_s"] - s0["cpu_s"]) / wall if wall > 0 else None,
+    }
+    print(json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------- orchestrator
+
+
+def run_one(spec: dict) -> dict:
+    timeout = spec["max_seconds"] + 90
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE)
+    except subprocess.TimeoutExpired:
+        return {"run_failed": f"run did not finish within {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return {"run_failed": f"worker exited {proc.returncode}: {tail}"}
+
+
+def fmt_int(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    if b == 0:
+        return "∞" if a else "n/a"
+    return f"{a / b:.2f}x"
+
+
+def row_label(row: str) -> str:
+    c, pool = ROWS[row]
+    return f"{c} via {pool} conns" if pool else str(c)
+
+
+def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
+    """Markdown tables (one per mode), ratio/target lines and footnotes."""
+    cfg = data["config"]
+    res = {(r["mode"], r["row"], r["client"]): r for r in data["results"]}
+    notes: list[str] = []
+    tables: list[str] = []
+    for mode in cfg["modes"]:
+        rows = [
+            f"**Server mode `{mode}`** "
+            + (
+                "(a connection stays authenticated after its handshake)"
+                if mode == "per-connection"
+                else "(every request needs its own handshake)"
+            ),
+            "",
+            "| c | client | successful req/s | ExClient ÷ this | failed / sent "
+            "| failures by kind | HTTP exchanges / request | TCP conns opened | handshakes "
+            "| client CPU ms / 1k req |",
+            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for row in cfg["rows"]:
+            ex = (res.get((mode, row, "exclient")) or {}).get("result") or {}
+            for name in cfg["clients"]:
+                label = f"**{CLIENTS[name]}**" if name == "exclient" else CLIENTS[name]
+                entry = res.get((mode, row, name)) or {}
+                r = entry.get("result") or {}
+                if "req_per_s" not in r:
+                    why = r.get("run_failed") or r.get("import_error") or "not run"
+                    rows.append(
+                        f"| {row_label(row)} | {label} | n/a | | | "
+                        f"{why.splitlines()[0][:80]} | | | | |"
+                    )
+                    continue
+                marks: list[str] = []
+                if r["stopped_early"]:
+                    notes.append(
+                        f"{CLIENTS[name]}, `{mode}`, c={row_label(row)}: hit the "
+                        f"{entry['max_seconds']:g} s budget after {r['completed']:,} of "
+                        f"{entry['requests']:,} requests; the rate is over the requests done."
+                    )
+                    marks.append(f"[^{len(notes)}]")
+                if entry["requests"] != cfg["requests"] and not r["stopped_early"]:
+                    notes.append(
+                        f"{CLIENTS[name]}, `{mode}`, c={row_label(row)}: "
+                        f"{entry['requests']:,} requests instead of {cfg['requests']:,} "
+                        "(slow peer, to keep the run short)."
+                    )
+                    marks.append(f"[^{len(notes)}]")
+                if r.get("server_errors"):
+                    notes.append(
+                        f"{CLIENTS[name]}, `{mode}`, c={row_label(row)}: server-side errors: "
+                        + "; ".join(r["server_errors"][:3])
+                    )
+                    marks.append(f"[^{len(notes)}]")
+                if name == "requests-ntlm":
+                    label += (
+                        f" ({r['threads']} thread{'s' if r['threads'] != 1 else ''}, "
+                        f"pool {r['pool_maxsize']}"
+                        + (", blocking" if r["pool_block"] else "")
+                        + ")"
+                    )
+                kinds = ", ".join(
+                    f"{k}: {v:,}" for k, v in sorted(r["kinds"].items(), key=lambda kv: -kv[1])
+                )
+                ratio = (
+                    "1.00x"
+                    if name == "exclient"
+                    else fmt_ratio(ex.get("req_per_s"), r["req_per_s"])
+                )
+                rows.append(
+                    f"| {row_label(row)} | {label} | {fmt_int(r['req_per_s'])}{''.join(marks)} "
+                    f"| {ratio} | {r['failed']:,} / {r['completed']:,} | {kinds or '-'} "
+                    f"| {r['exchanges_per_request']:.2f} | {r['conns_opened']:,} "
+                    f"| {r['handshakes']:,} | {fmt_int(r['client_cpu_ms_per_1k'])} |"
+                )
+        tables.append("\n".join(rows))
+
+    def rate(mode: str, row: str, name: str) -> float | None:
+        r = (res.get((mode, row, name)) or {}).get("result") or {}
+        return r.get("req_per_s")
+
+    lines: list[str] = []
+    targets = {"requests-ntlm": 3.0, "httpx-ntlm": 10.0, "aiohttp-ntlm": 1.0}
+    if "exclient" in cfg["clients"]:
+        for mode in cfg["modes"]:
+            for row in ("50", "50/10"):
+                if row not in cfg["rows"]:
+                    continue
+                parts = []
+                for other in cfg["clients"]:
+                    if other == "exclient":
+                        continue
+                    a, b = rate(mode, row, "exclient"), rate(mode, row, other)
+                    text = f"{CLIENTS[other]} {fmt_ratio(a, b)}"
+                    if mode == "per-connection" and row == "50" and other in targets:
+                        goal = targets[other]
+                        met = a is not None and b is not None and (b == 0 or a / b >= goal)
+                        text += f" (target ≥ {goal:g}x: {'met' if met else '**not met**'})"
+                    parts.append(text)
+                head = (
+                    "**c=50, `per-connection`**"
+                    if (mode == "per-connection" and row == "50")
+                    else f"c={row_label(row)}, `{mode}`"
+                )
+                lines.append(f"- ExClient successful req/s ÷ peer's, {head}: " + "; ".join(parts))
+        ex_runs = [
+            r["result"]
+            for r in data["results"]
+            if r["client"] == "exclient" and "req_per_s" in (r.get("result") or {})
+        ]
+        ex_failed = sum(r["failed"] for r in ex_runs)
+        ex_sent = sum(r["completed"] for r in ex_runs)
+        lines.append(
+            f"- ExClient failures over all its runs: {ex_failed:,} of {ex_sent:,} requests "
+            f"(target 0: {'met' if ex_failed == 0 else '**not met**'})"
+        )
+    return tables, lines, notes
+
+
+def render_markdown(data: dict) -> str:
+    cfg, m = data["config"], data["machine"]
+    tables, ratios, notes = build_report(data)
+    pk = m["packages"]
+    srv = [
+        r["result"]["server_cpu_pct"]
+        for r in data["results"]
+        if (r.get("result") or {}).get("server_cpu_pct") is not None
+    ]
+    src = data.get("source") or {}
+    slow = {n: k for n, k in cfg["requests_per_client"].items() if k != cfg["requests"]}
+    lines = [
+        f"Last full run: {data['generated']} — {m['cpu_count']} CPUs ({m['cpu_model']}), "
+        f"Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+        + f"; source {src.get('commit') or '?'}"
+        + (" with local changes in src/" if src.get("src_modified") else "")
+        + f". Total {data['total_seconds'] / 60:.1f} min, load average at start "
+        + ", ".join(f"{x:g}" for x in (m.get("loadavg_at_start") or []))
+        + ".",
+        "",
+        f"`GET /` to `IISLikeServer` (own process, hashed user file), {cfg['requests']:,} "
+        "requests per run"
+        + (" (" + ", ".join(f"{CLIENTS[n]}: {k:,}" for n, k in slow.items()) + ")" if slow else "")
+        + f", cold client (handshakes included), {cfg['max_seconds']:g} s budget per run, "
+        f"{TIMEOUT:g} s timeout per request, best of up to {cfg['repeat']} runs by "
+        f"successful req/s (a cell is not run again once its runs add up to "
+        f"{cfg['repeat_seconds']:g} s or one hit the budget). c = worker coroutines "
+        f"sharing one client; requests-ntlm: min(c, {REQUESTS_THREADS_MAX}) threads sharing "
+        "one Session. Successful req/s = 200 responses / wall time. Failed = non-200 "
+        "responses or exceptions. HTTP exchanges / request = requests the server received "
+        "(every 401 leg included) / requests sent. TCP conns and handshakes are server "
+        "counters.",
+        "",
+    ]
+    for table in tables:
+        lines += [table, ""]
+    lines += ratios
+    if srv:
+        lines += [
+            "",
+            f"Server process CPU during the measured parts: at most {max(srv):.0f}% of one core "
+            "(pure-Python acceptor: on 2 cores it competes with the client).",
+        ]
+    if notes:
+        lines += ["", *(f"[^{i}]: {n}" for i, n in enumerate(notes, 1))]
+    return "\n".join(lines)
+
+
+README_INTRO = """\
+## NTLM (`bench/ntlm.py`)
+
+ExClient + `httpx_extensions.NTLMAuth` against `httpx.AsyncClient` + `httpx-ntlm`,
+`requests.Session` + `requests-ntlm` and `aiohttp` + `aiohttp-ntlm`, all logging on to the
+IIS-like NTLM server of the test suite (`tests/servers/ntlm.py`: one pyspnego acceptor per
+TCP connection, 401s with a body), run in its own process. Two server modes:
+`per-connection` (IIS default, a connection stays authenticated) and `per-request`
+(`authPersistSingleRequest`, a handshake for every request). Rows: c = 1, 10, 50 with each
+library's default pool, and c = 50 through a 10-connection pool.
+
+How to run, from the repository root:
+
+```sh
+bench/run-ntlm                  # makes .venv if absent, installs . + bench/requirements.txt
+                                # + aiohttp-ntlm (--no-deps, see below), runs (5-10 min)
+bench/run-ntlm --quick          # smoke run; writes only bench/results/ntlm.quick.raw.json
+.venv/bin/python bench/ntlm.py --clients exclient,aiohttp-ntlm --modes per-request --rows 50
+.venv/bin/python bench/ntlm.py serve --mode per-request   # the server alone (prints its URL)
+```
+
+`aiohttp-ntlm` 0.1.4 declares `pyspnego<0.12`; the project runs on pyspnego 0.12, so
+`bench/run-ntlm` installs it with `--no-deps` (its code uses only `spnego.client`, which
+0.12 keeps; `pip check` will list the pin). Each (client, mode, row) run is its own
+interpreter; clients are interleaved per row. A full run rewrites
+`bench/results/ntlm.json` (raw numbers, machine facts) and the section below.
+"""
+
+
+def write_outputs(data: dict, out_json: Path, update_readme: bool) -> None:
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(data, indent=2) + "\n")
+    if update_readme:
+        _common.replace_section(README, "ntlm", README_INTRO + "\n" + render_markdown(data))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=2000, help="requests per run (default 2000)")
+    p.add_argument(
+        "--slow-requests",
+        type=int,
+        default=0,
+        help="requests per run for httpx-ntlm, which runs at a few dozen req/s under "
+        "concurrency (default 0 = same as --requests; the budget caps it anyway)",
+    )
+    p.add_argument(
+        "--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}"
+    )
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
+    p.add_argument(
+        "--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {list(CLIENTS)}"
+    )
+    p.add_argument("--max-seconds", type=float, default=60, help="time budget per run (default 60)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per cell, best successful req/s kept (default 3); see --repeat-seconds",
+    )
+    p.add_argument(
+        "--repeat-seconds",
+        type=float,
+        default=10,
+        help="no further runs of a cell once its runs add up to this many seconds "
+        "(default 10), nor after one hit the budget",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: 200 requests, no README")
+    p.add_argument("--out", type=Path, help="results JSON (default bench/results/ntlm.json)")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.slow_requests, args.max_seconds, args.repeat = 200, 200, 20.0, 1
+        args.out = args.out or HERE / "results" / "ntlm.quick.raw.json"
+        args.no_readme = True
+    args.out = args.out or RESULTS_JSON
+    args.rows = [x.strip() for x in args.rows.split(",") if x.strip()]
+    args.modes = [x.strip() for x in args.modes.split(",") if x.strip()]
+    args.clients = [x.strip().lower() for x in args.clients.split(",") if x.strip()]
+    for what, got, allowed in (
+        ("row", args.rows, ROWS),
+        ("mode", args.modes, MODES),
+        ("client", args.clients, CLIENTS),
+    ):
+        bad = [x for x in got if x not in allowed]
+        if bad:
+            p.error(f"unknown {what}(s) {bad}; choose from {list(allowed)}")
+    return args
+
+
+def _wants_another_run(cell: dict, args: argparse.Namespace) -> bool:
+    """Best of up to --repeat runs, but a cell whose runs add up to --repeat-seconds (or
+    that hit the budget, or failed) is a long enough sample: no more runs."""
+    runs = cell["runs"]
+    if not runs:
+        return True
+    if len(runs) >= args.repeat or any("req_per_s" not in r or r["stopped_early"] for r in runs):
+        return False
+    return sum(r["wall_s"] for r in runs) < args.repeat_seconds
+
+
+def _print_run(mode: str, row: str, name: str, rep: int, r: dict) -> None:
+    if "req_per_s" not in r:
+        print(
+            f"  {mode:<14} c={row:<5} {CLIENTS[name]:<34} FAILED: "
+            f"{r.get('run_failed') or r.get('import_error')}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    flag = " (stopped at budget)" if r["stopped_early"] else ""
+    print(
+        f"  {mode:<14} c={row:<5} {CLIENTS[name]:<34} #{rep + 1} "
+        f"{r['req_per_s']:>7,.0f} req/s  failed {r['failed']:>5}/{r['completed']:<5} "
+        f"exch/req {r['exchanges_per_request']:.2f}  conns {r['conns_opened']:<5} "
+        f"hs {r['handshakes']:<5} wall {r['wall_s']:.1f}s "
+        f"cpu {r['client_cpu_pct'] or 0:.0f}%/srv {r['server_cpu_pct'] or 0:.0f}%{flag}"
+        + (f"  {r['kinds']}" if r["kinds"] else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def source_facts() -> dict:
+    """Commit of the checkout and whether src/ differs from it (read-only git calls)."""
+
+    def git(*cmd: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "src")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "src_modified": None if status is None else bool(status),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server is stopped at exit
+
+    per_client = {
+        n: (args.slow_requests or args.requests) if n == "httpx-ntlm" else args.requests
+        for n in args.clients
+    }
+    cfg = {
+        "requests": args.requests,
+        "requests_per_client": per_client,
+        "rows": args.rows,
+        "modes": args.modes,
+        "clients": args.clients,
+        "max_seconds": args.max_seconds,
+        "timeout_s": TIMEOUT,
+        "requests_threads_max": REQUESTS_THREADS_MAX,
+        "event_loop": "asyncio",
+        "warmup": 0,
+        "repeat": args.repeat,
+        "repeat_seconds": args.repeat_seconds,
+    }
+    data = {
+        "benchmark": "ntlm",
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "config": cfg,
+        "machine": _common.machine_facts(EXTRA_PACKAGES),
+        "server": {
+            "class": "tests.servers.ntlm.IISLikeServer",
+            "schemes": ["Negotiate", "NTLM"],
+            "user_file": "store_hashes=True",
+            "process": "separate",
+        },
+        "source": source_facts(),
+        "results": [],
+    }
+    cells = {
+        (mode, row, name): {
+            "client": name,
+            "mode": mode,
+            "row": row,
+            "concurrency": ROWS[row][0],
+            "pool": ROWS[row][1],
+            "requests": per_client[name],
+            "max_seconds": args.max_seconds,
+            "runs": [],
+            "result": None,
+        }
+        for mode in args.modes
+        for row in args.rows
+        for name in args.clients
+    }
+    skipped: dict[str, str] = {}
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for mode in args.modes:
+            with ServerProcess(mode) as server:
+                print(f"{mode}: NTLM server at {server.info['url']}", file=sys.stderr, flush=True)
+                for row in args.rows:
+                    for rep in range(args.repeat):
+                        for name in args.clients:
+                            cell = cells[(mode, row, name)]
+                            if name in skipped or not _wants_another_run(cell, args):
+                                continue
+                            spec = {
+                                k: cell[k]
+                                for k in (
+                                    "client",
+                                    "mode",
+                                    "row",
+                                    "concurrency",
+                                    "pool",
+                                    "requests",
+                                    "max_seconds",
+                                )
+                            }
+                            spec["url"] = server.info["url"]
+                            spec["stats_url"] = server.info["stats_url"]
+                            r = run_one(spec)
+                            if "import_error" in r:
+                                skipped[name] = r["import_error"]
+                                print(
+                                    f"  {CLIENTS[name]}: skipped ({r['import_error']})",
+                                    file=sys.stderr,
+                                )
+                            cell["runs"].append(r)
+                            _print_run(mode, row, name, rep, r)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: reporting what was measured", file=sys.stderr)
+        args.no_readme = True
+        args.out = args.out.with_name(args.out.stem + ".partial.raw.json")
+    for cell in cells.values():
+        good = [r for r in cell["runs"] if "req_per_s" in r]
+        cell["result"] = (
+            max(good, key=lambda r: r["req_per_s"])
+            if good
+            else (cell["runs"][-1] if cell["runs"] else None)
+        )
+        if cell["client"] in skipped:
+            cell["skipped"] = skipped[cell["client"]]
+        data["results"].append(cell)
+    data["total_seconds"] = round(time.monotonic() - started, 1)
+    data["interrupted"] = interrupted
+
+    write_outputs(data, args.out, update_readme=not args.no_readme)
+    print()
+    print(render_markdown(data))
+    print(
+        f"\nwrote {os.path.relpath(args.out)}"
+        + ("" if args.no_readme else f" and {os.path.relpath(README)}"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
