@@ -13,6 +13,17 @@ from httpx_extensions import ConnectionState, ExClient
 from .servers import LoopbackProxy, LoopbackServer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kerberos_stays_on_this_machine() -> Iterator[None]:
+    """With gssapi installed, Negotiate tries Kerberos first and would look up the KDC of
+    /etc/krb5.conf's realm off the machine: give the whole run a Kerberos that reaches
+    nothing (tests/test_kerberos.py brings its own loopback KDC)."""
+    from .servers.kdc import isolated_kerberos_env
+
+    with isolated_kerberos_env():
+        yield
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import dataclasses
 import hashlib
 import logging
 import re
@@ -80,7 +81,9 @@ class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
     dropped the connection between legs, or an error from the security provider (pyspnego,
     chained as ``__cause__``). The message names the scheme and what went wrong.
 
-    A *rejected* login (wrong password) is not an error: the final 401 is returned, once.
+    A login the *server* rejects (wrong NTLM password) is not an error: the final 401 is
+    returned, once. With Kerberos and an explicit password, the KDC refuses a wrong password
+    before anything is sent, and that is an AuthenticationError.
     """
 
     def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
@@ -96,6 +99,9 @@ class _Identity:
     scheme: str
     user: str
     secret: str = field(repr=False)
+    # What the handshake may be: a connection that Negotiate authenticated through NTLM, or
+    # without a delegated ticket, must not serve a request that refuses NTLM or needs one.
+    policy: str = ""
 
 
 def _offered(response: httpx.Response) -> dict[str, bytes | None]:
@@ -343,6 +349,12 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 f"could not set up {protocol} for {request.url.host}: {exc.message}",
                 request=request,
             ) from exc
+        except Exception as exc:
+            # pyspnego gets a TGT for an explicit password through the krb5 package and lets
+            # its Krb5Error through: wrong password, unknown user, KDC unreachable.
+            raise AuthenticationError(
+                f"could not set up {protocol} for {request.url.host}: {exc}", request=request
+            ) from exc
 
     async def _step(
         self,
@@ -464,6 +476,9 @@ class NegotiateAuth(_SpnegoAuth):
             delegate=delegate,
         )
         self._allow_ntlm = allow_ntlm
+        self._partition = dataclasses.replace(
+            self._partition, policy=f"allow_ntlm={allow_ntlm},delegate={delegate}"
+        )
 
     def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:
         if "negotiate" in offered:

@@ -65,6 +65,9 @@ _MSV_AV_EOL = 0x0000
 _MSV_AV_CHANNEL_BINDINGS = 0x000A
 # The ASN.1 [APPLICATION 0] tag that starts a GSS InitialContextToken (SPNEGO NegTokenInit).
 _SPNEGO_INIT_TAG = 0x60
+# MIT krb5 >= 1.19 sets this in the acceptor's ret_flags when the initiator's channel bindings
+# matched the acceptor's (non-empty) ones; a missing binding is accepted without the flag.
+_GSS_C_CHANNEL_BOUND_FLAG = 0x800
 
 # IIS answers a 401 with an HTML page; a non-empty body makes clients prove they drain the
 # 401 before sending the next leg on the same connection.
@@ -266,6 +269,23 @@ def ntlm_message_type(token: bytes) -> int | None:
     return int(struct.unpack_from("<I", message, 8)[0])
 
 
+def _kerberos_channel_bound(context: spnego.ContextProxy) -> bool:
+    """Whether the GSSAPI acceptor under ``context`` verified the client's channel bindings.
+
+    pyspnego does not expose GSS_C_CHANNEL_BOUND_FLAG, so this walks its (private) wrapper
+    chain, NegotiateProxy -> GSSAPIProxy -> gssapi.SecurityContext, to the ret_flags.
+    """
+    inner: Any = context
+    for _ in range(4):
+        flags = getattr(inner, "actual_flags", None)
+        if flags is not None:
+            return bool(int(flags) & _GSS_C_CHANNEL_BOUND_FLAG)
+        inner = getattr(inner, "_context", None)
+        if inner is None:
+            break
+    return False
+
+
 def _client_channel_binding(message: bytes) -> bytes | None:
     """MsvAvChannelBindings (an MD5 of the bindings) from an AUTHENTICATE message, if any.
 
@@ -303,7 +323,10 @@ class NTLMRequestRecord:
     type 3 message: ``"none"`` (no MsvAvChannelBindings), ``"zero"`` (16 zero bytes:
     "client has no binding"), ``"match"`` or ``"mismatch"`` (over plain HTTP any non-zero
     binding is a mismatch).  ``handshake`` is True when this request completed a handshake;
-    ``error`` says why the acceptor rejected a token (no token bytes in it).
+    ``error`` says why the acceptor rejected a token (no token bytes in it).  ``mechanism`` is
+    the mechanism that authenticated the connection (``"ntlm"`` or ``"kerberos"``), on every
+    200.  For Kerberos, ``channel_binding`` is ``"match"`` or ``"none"``, and only known when
+    ``require_channel_binding`` made the acceptor check it.
     """
 
     conn_seq: int
@@ -319,6 +342,7 @@ class NTLMRequestRecord:
     channel_binding: str | None = None
     handshake: bool = False
     error: str | None = None
+    mechanism: str | None = None
 
 
 @dataclass
@@ -329,9 +353,10 @@ class _ConnectionAuth:
     scheme: str | None = None
     user: str | None = None
     user_scheme: str | None = None
+    user_mechanism: str | None = None
 
     def reset(self) -> None:
-        self.context = self.scheme = self.user = self.user_scheme = None
+        self.context = self.scheme = self.user = self.user_scheme = self.user_mechanism = None
 
 
 class _Rejected(Exception):
@@ -531,12 +556,14 @@ class _Exchange:
         self.ntlm_message: int | None = None
         self.channel_binding: str | None = None
         self.error: str | None = None
+        self.mechanism: str | None = None
 
     async def respond(self) -> bool:
         """Run the auth state machine and answer; False means "close the connection now"."""
         server, auth = self.server, self.auth
         if self.authorization is None:
             if auth.user is not None and not server.auth_per_request:
+                self.mechanism = auth.user_mechanism
                 await self.ok(auth.user, auth.user_scheme, handshake=False)
                 return True
             # Anonymous, or a request that abandoned a pending handshake.
@@ -582,6 +609,7 @@ class _Exchange:
             auth.reset()
         else:
             auth.user, auth.user_scheme = user, self.scheme
+            auth.user_mechanism = self.mechanism
             server._set_user(self.seq, user)
         with server._lock:
             server._handshakes_completed += 1
@@ -614,6 +642,10 @@ class _Exchange:
                     # has bindings; IIS with Extended Protection "Require" does not.
                     raise _Rejected("client sent an all-zero channel binding")
                 bindings = server.channel_bindings
+        elif self.ntlm_message is None and server.require_channel_binding:
+            # Not NTLM, so Kerberos (alone or in SPNEGO): MIT's acceptor checks the bindings
+            # in the authenticator and rejects a mismatch, but accepts a missing binding.
+            bindings = server.channel_bindings
         try:
             out_token = auth.context.step(token, channel_bindings=bindings)
         except Exception as exc:
@@ -621,6 +653,14 @@ class _Exchange:
             raise _Rejected(f"{type(exc).__name__}: {exc}") from None
         if not auth.context.complete and not out_token:
             raise _Rejected("acceptor neither completed nor produced a token")
+        if auth.context.complete:
+            self.mechanism = auth.context.negotiated_protocol
+            if self.mechanism == "kerberos" and bindings is not None:
+                bound = _kerberos_channel_bound(auth.context)
+                self.channel_binding = "match" if bound else "none"
+                if not bound:
+                    # As IIS Extended Protection "Require" does.
+                    raise _Rejected("Kerberos authenticator carries no channel binding")
         return out_token
 
     def diagnose_binding(self, sent: bytes | None) -> str:
@@ -722,6 +762,7 @@ class _Exchange:
                 channel_binding=self.channel_binding,
                 handshake=handshake,
                 error=self.error,
+                mechanism=self.mechanism if status == 200 else None,
             )
             with self.server._lock:
                 self.server._log.append(entry)
