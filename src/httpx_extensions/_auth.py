@@ -344,16 +344,12 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                     self._ntlm_templates.move_to_end(key)
                 return template.new_context()
             return await anyio.to_thread.run_sync(create)  # may read a ccache or call SSPI
-        except spnego.exceptions.SpnegoError as exc:
-            raise AuthenticationError(
-                f"could not set up {protocol} for {request.url.host}: {exc.message}",
-                request=request,
-            ) from exc
         except Exception as exc:
-            # pyspnego gets a TGT for an explicit password through the krb5 package and lets
-            # its Krb5Error through: wrong password, unknown user, KDC unreachable.
+            # SpnegoError, and also krb5.Krb5Error, which pyspnego lets through when it gets a
+            # TGT for an explicit password (wrong password, unknown user, KDC unreachable).
+            reason = exc.message if isinstance(exc, spnego.exceptions.SpnegoError) else exc
             raise AuthenticationError(
-                f"could not set up {protocol} for {request.url.host}: {exc}", request=request
+                f"could not set up {protocol} for {request.url.host}: {reason}", request=request
             ) from exc
 
     async def _step(
