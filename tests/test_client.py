@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import socket
+import time
 
 import anyio
 import httpx
@@ -762,3 +763,49 @@ async def test_client_failing_socket_option_is_a_connect_error(server: LoopbackS
         with pytest.raises(httpx.ConnectError):
             await client.get(server.url + "/")
         assert client.connections == []
+
+
+async def test_client_local_address(server: LoopbackServer) -> None:
+    async with ExClient(transport=ExTransport(local_address="127.0.0.1")) as client:
+        response = await client.get(server.url + "/")
+        assert response.extensions["network_stream"].get_extra_info("client_addr")[0] == (
+            "127.0.0.1"
+        )
+
+
+async def test_client_connect_retries_reach_a_server_that_comes_up_late() -> None:
+    """retries=N retries refused connects with backoff (0 s, 0.5 s, ...), as httpx does."""
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening yet: connects are refused
+    port = sock.getsockname()[1]
+
+    def come_up_late() -> None:
+        time.sleep(0.2)
+        sock.listen(1)
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    try:
+        async with ExClient(transport=ExTransport(retries=0)) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{port}/")
+        thread = threading.Thread(target=come_up_late)
+        thread.start()
+        async with ExClient(transport=ExTransport(retries=3)) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/")
+            assert response.text == "ok"
+        thread.join()
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_client_bad_transport_arguments() -> None:
+    with pytest.raises(ValueError, match="retries must be a whole number"):
+        ExTransport(retries=-1)
+    with pytest.raises(TypeError, match=r"limits must be an httpx\.Limits"):
+        ExTransport(limits={"max_connections": 1})  # type: ignore[arg-type]
