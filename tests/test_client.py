@@ -624,7 +624,6 @@ async def test_client_closed_client_refuses_requests(server: LoopbackServer) -> 
         ({"limits": httpx.Limits(max_keepalive_connections=0)}, "max_keepalive_connections=0"),
         ({"limits": httpx.Limits(max_connections=0)}, "max_connections=0"),
         ({"http1": False}, "HTTP/1.1 only"),
-        ({"proxy": "socks5://127.0.0.1:1080"}, "Proxy scheme 'socks5'"),
     ],
 )
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -809,3 +808,40 @@ async def test_client_bad_transport_arguments() -> None:
         ExTransport(retries=-1)
     with pytest.raises(TypeError, match=r"limits must be an httpx\.Limits"):
         ExTransport(limits={"max_connections": 1})  # type: ignore[arg-type]
+
+
+async def test_client_socks5_proxy(
+    server: LoopbackServer,
+    https_server: LoopbackServer,
+    client_ssl_context,  # type: ignore[no-untyped-def]
+) -> None:
+    from .servers import LoopbackSocksProxy
+
+    with LoopbackSocksProxy() as socks:
+        async with ExClient(proxy=socks.url, verify=client_ssl_context) as client:
+            plain = [await client.get(server.url + "/") for _ in range(3)]
+            tls = await client.get(https_server.url + "/")
+            assert [r.status_code for r in (*plain, tls)] == [200] * 4
+            assert len({r.extensions[CONN_ID] for r in plain}) == 1  # kept alive through SOCKS
+            assert socks.connect_requests == [
+                f"127.0.0.1:{server.port}",
+                f"127.0.0.1:{https_server.port}",
+            ]
+            assert_pool_clean(client)
+
+
+async def test_client_socks5_proxy_credentials(server: LoopbackServer) -> None:
+    from .servers import LoopbackSocksProxy
+
+    with LoopbackSocksProxy(auth=("user", "pass")) as socks:
+        good = socks.url.replace("socks5://", "socks5://user:pass@")
+        async with ExClient(proxy=good) as client:
+            assert (await client.get(server.url + "/")).status_code == 200
+        bad = socks.url.replace("socks5://", "socks5://user:wrong@")
+        async with ExClient(proxy=bad) as client:
+            with pytest.raises(httpx.ProxyError, match="rejected the username or password"):
+                await client.get(server.url + "/")
+            assert client.connections == []
+        async with ExClient(proxy=socks.url) as client:
+            with pytest.raises(httpx.ProxyError, match="refused authentication method"):
+                await client.get(server.url + "/")

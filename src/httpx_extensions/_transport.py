@@ -176,6 +176,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._mock_pool: httpcore.AsyncConnectionPool | None = None
 
         self._proxy: httpx.Proxy | None = None
+        self._socks = False
         self._proxy_origin: httpcore.Origin | None = None
         self._proxy_headers: list[tuple[bytes, bytes]] = []
         if proxy is not None:
@@ -192,15 +193,24 @@ class ExTransport(httpx.AsyncBaseTransport):
 
     def _init_proxy(self, proxy: httpx.Proxy) -> None:
         scheme = proxy.url.scheme
-        if scheme not in ("http", "https"):
+        if scheme in ("socks5", "socks5h"):
+            try:
+                import socksio  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "Using a SOCKS proxy, but the 'socksio' package is not installed. "
+                    "Install it with `pip install httpx-extensions[socks]`."
+                ) from None
+        elif scheme not in ("http", "https"):
             raise UnsupportedConfiguration(
-                f"Proxy scheme {scheme!r} is not supported by ExClient's pool; use an "
-                "http:// or https:// proxy (forwarding and CONNECT tunnels are supported)."
+                f"Proxy scheme {scheme!r} is not supported; use http://, https://, socks5:// "
+                "or socks5h://."
             )
         self._proxy = proxy
         url = proxy.url
+        self._socks = scheme.startswith("socks")
         self._proxy_origin = httpcore.Origin(
-            url.raw_scheme, url.raw_host, url.port or _DEFAULT_PORTS[url.raw_scheme]
+            url.raw_scheme, url.raw_host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 1080)
         )
         headers = list(proxy.headers.raw)
         if proxy.raw_auth is not None:
@@ -256,7 +266,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         pool_timeout = timeout.get("pool") if timeout else None
 
         headers = request.headers.raw
-        if self._proxy_origin is not None and scheme not in _TLS_SCHEMES:
+        if self._proxy_origin is not None and not self._socks and scheme not in _TLS_SCHEMES:
             # Forward proxying: absolute-form target on a connection to the proxy.
             core_url = httpcore.URL(
                 scheme=self._proxy_origin.scheme,
@@ -344,6 +354,16 @@ class ExTransport(httpx.AsyncBaseTransport):
 
         proxy_origin = self._proxy_origin
         stream = await self._connect_tcp(proxy_origin, timeout)
+        if self._socks:
+            try:
+                await self._socks5_connect(stream, origin, timeout)
+            except BaseException:
+                await stream.aclose()
+                raise
+            if origin.scheme in _TLS_SCHEMES:
+                sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
+                stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
+            return httpcore.AsyncHTTP11Connection(origin, stream, self._keepalive_expiry)
         if proxy_origin.scheme == b"https":
             assert self._proxy is not None
             proxy_context = self._proxy.ssl_context or self._ssl_context
@@ -409,6 +429,49 @@ class ExTransport(httpx.AsyncBaseTransport):
         except BaseException:
             await stream.aclose()
             raise
+
+    async def _socks5_connect(
+        self, stream: httpcore.AsyncNetworkStream, origin: httpcore.Origin, timeout: float | None
+    ) -> None:
+        """The SOCKS5 greeting, optional username/password login, and CONNECT to ``origin``."""
+        from socksio import socks5
+
+        assert self._proxy is not None
+        auth = self._proxy.raw_auth
+        method = (
+            socks5.SOCKS5AuthMethod.NO_AUTH_REQUIRED
+            if auth is None
+            else socks5.SOCKS5AuthMethod.USERNAME_PASSWORD
+        )
+        conn = socks5.SOCKS5Connection()
+
+        async def exchange(message: typing.Any) -> typing.Any:
+            conn.send(message)
+            await stream.write(conn.data_to_send(), timeout=timeout)
+            data = await stream.read(4096, timeout=timeout)
+            if not data:
+                raise httpcore.ProxyError("The SOCKS proxy closed the connection.")
+            return conn.receive_data(data)
+
+        reply = await exchange(socks5.SOCKS5AuthMethodsRequest([method]))
+        if reply.method != method:
+            raise httpcore.ProxyError(
+                f"The SOCKS proxy refused authentication method {method.name}."
+            )
+        if auth is not None:
+            login = await exchange(socks5.SOCKS5UsernamePasswordRequest(*auth))
+            if not login.success:
+                raise httpcore.ProxyError("The SOCKS proxy rejected the username or password.")
+        reply = await exchange(
+            socks5.SOCKS5CommandRequest.from_address(
+                socks5.SOCKS5Command.CONNECT, (origin.host.decode("ascii"), origin.port)
+            )
+        )
+        if reply.reply_code != socks5.SOCKS5ReplyCode.SUCCEEDED:
+            raise httpcore.ProxyError(
+                f"The SOCKS proxy could not connect to {origin.host.decode('ascii')}:"
+                f"{origin.port}: {reply.reply_code.name}."
+            )
 
     async def _tunnel(
         self,

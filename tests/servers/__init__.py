@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from .httpserver import LoopbackServer, RequestRecord
 from .proxy import LoopbackProxy
+from .socks import LoopbackSocksProxy
 
 if TYPE_CHECKING:
     from .ntlm import IISLikeServer, NTLMRequestRecord, write_user_file
 
 __all__ = [
+    "LoopbackSocksProxy",
     "IISLikeServer",
     "LoopbackProxy",
     "LoopbackServer",
