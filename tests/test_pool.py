@@ -70,6 +70,13 @@ class Harness:
     async def acquire(self, origin: httpcore.Origin = A, **kwargs) -> PooledConnection:  # type: ignore[no-untyped-def]
         return await self.pool.acquire(REQUEST, origin, **kwargs)
 
+    async def acquire_until_closed(self, errors: list[BaseException]) -> None:
+        """Queue for a connection; record the PoolClosed that ends the wait."""
+        try:
+            await self.acquire()
+        except PoolClosed as exc:
+            errors.append(exc)
+
     def states(self) -> list[ConnectionState]:
         return [info.state for info in self.pool.connections]
 
@@ -301,14 +308,8 @@ async def test_pool_close_fails_waiters_and_later_requests() -> None:
     await h.acquire()
     errors: list[BaseException] = []
 
-    async def waiter() -> None:
-        try:
-            await h.acquire()
-        except PoolClosed as exc:
-            errors.append(exc)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(waiter)
+        tg.start_soon(h.acquire_until_closed, errors)
         await anyio.sleep(0.01)
         await h.pool.aclose()
     assert len(errors) == 1
@@ -376,14 +377,8 @@ async def test_pool_close_while_a_waiter_is_being_handed_a_connection() -> None:
     held = await h.acquire()
     errors: list[BaseException] = []
 
-    async def waiter() -> None:
-        try:
-            await h.acquire()
-        except PoolClosed as exc:
-            errors.append(exc)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(waiter)
+        tg.start_soon(h.acquire_until_closed, errors)
         await anyio.sleep(0.01)
         await h.pool.release(held)  # handed to the waiter, which has not run yet
         await h.pool.aclose()

@@ -18,7 +18,7 @@ from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
-from ._transport import DEFAULT_LIMITS, ExTransport
+from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport
 
 __all__ = ["ExClient"]
 
@@ -66,11 +66,7 @@ class ExClient(httpx.AsyncClient):
         default_encoding: str | Callable[[bytes], str] = "utf-8",
     ) -> None:
         if http2:
-            raise UnsupportedConfiguration(
-                "http2=True is not supported: NTLM and Negotiate authenticate a TCP connection "
-                "and do not run over HTTP/2, and multiplexing makes connection pinning moot. "
-                "Leave http2 off (ExClient speaks HTTP/1.1)."
-            )
+            raise UnsupportedConfiguration(HTTP2_REFUSED)
         super().__init__(
             auth=auth,
             params=params,

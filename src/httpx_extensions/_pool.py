@@ -450,29 +450,24 @@ class ConnectionPool:
         waiter: _Waiter | None = None
         if pin is not None:
             conn, waiter = self._pick_pinned(pin, origin, key, flow, to_close)
-        if conn is None and waiter is None:
-            conn = self._pick(origin, key, flow, to_close)
-            if conn is None:
-                waiter = _Waiter(origin, key, flow)
-                self._waiters[waiter] = None
-        if to_close:
-            await self._close_or_undo(to_close, conn, waiter)
-
-        while conn is None:
+        while True:
+            if conn is None and waiter is None:
+                conn = self._pick(origin, key, flow, to_close)
+                if conn is None:
+                    waiter = _Waiter(origin, key, flow)
+                    self._waiters[waiter] = None
+            if to_close:
+                await self._close_or_undo(to_close, conn, waiter)
+                to_close = []
+            if conn is not None:
+                break
             assert waiter is not None
             conn = await self._wait(waiter, deadline)
             if self._closed:
                 raise PoolClosed("The connection pool was closed while this request waited.")
-            if conn is None:  # the pinned connection closed while we waited for it
-                if self._closed:
-                    raise PoolClosed("The connection pool was closed while this request waited.")
+            if conn is None:  # the pinned connection closed while we waited: pick again
                 logger.warning("conn_id %s closed while waiting for it; using another", pin)
-                conn = self._pick(origin, key, flow, to_close := [])
-                if conn is None:
-                    waiter = _Waiter(origin, key, flow)
-                    self._waiters[waiter] = None
-                if to_close:
-                    await self._close_or_undo(to_close, conn, waiter)
+                waiter = None
 
         if conn.connection is None:
             await self._open(conn, request)

@@ -26,6 +26,12 @@ from ._pool import ConnectionInfo, ConnectionLike, ConnectionPool, PooledConnect
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
 
+HTTP2_REFUSED = (
+    "http2=True is not supported: NTLM and Negotiate authenticate a TCP connection and do not "
+    "run over HTTP/2, and multiplexing makes connection pinning moot. Leave http2 off "
+    "(ExClient speaks HTTP/1.1)."
+)
+
 #: httpx's default limits, restated so our default does not depend on httpx internals.
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
@@ -149,11 +155,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> None:
         if http2:
-            raise UnsupportedConfiguration(
-                "http2=True is not supported: NTLM and Negotiate authenticate a TCP connection "
-                "and do not run over HTTP/2, and multiplexing makes connection pinning moot. "
-                "Leave http2 off (ExClient speaks HTTP/1.1)."
-            )
+            raise UnsupportedConfiguration(HTTP2_REFUSED)
         if not http1:
             raise UnsupportedConfiguration(
                 "http1=False leaves no protocol to speak: ExClient supports HTTP/1.1 only."
