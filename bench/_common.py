@@ -1,11 +1,16 @@
-"""Shared helpers for the benchmarks: a private nginx on loopback, stub_status
-reading, and machine facts.
+"""Shared helpers for the benchmarks.
 
-nginx runs from a temporary prefix directory with its own config (never the
-system one), bound to 127.0.0.1 on a free port, one worker process, keep-alive
-connections that are never closed by the server during a run, no access log.
-``location /`` answers ``200 "ok"`` and ``/nginx_status`` is ``stub_status``,
-whose ``accepts`` counter tells how many TCP connections clients opened.
+What ``plain.py`` and ``ntlm.py`` have in common lives here: the request loop a worker
+runs (:func:`drive`), one run per fresh interpreter (:func:`run_worker`), the interleaved
+best-of-N schedule (:func:`run_interleaved`), the options, results JSON and README section
+of a suite (:class:`Suite`), the machine and source facts, and the table formatting.
+
+Also here: a private nginx on loopback for the plain suite. It runs from a temporary
+prefix directory with its own config (never the system one), bound to 127.0.0.1 on a
+free port, one worker process, keep-alive connections that are never closed by the
+server during a run, no access log. ``location /`` answers ``200 "ok"`` and
+``/nginx_status`` is ``stub_status``, whose ``accepts`` counter tells how many TCP
+connections clients opened.
 
 Run ``python bench/_common.py serve`` to start the same server by hand (it
 prints its URL and stays up until Ctrl-C).
@@ -13,10 +18,15 @@ prints its URL and stays up until Ctrl-C).
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import atexit
+import datetime as _dt
+import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -25,11 +35,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+CHARTS = ROOT / "docs" / "img"  # bench-<suite>.png, drawn by bench/charts.py
+EXIT_IMPORT_FAILED = 3
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -169,6 +187,17 @@ def cpu_seconds_of(pid: int | None) -> float | None:
         return None
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM *proc* and wait for it; SIGKILL it after *timeout* seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Nginx:
     """A private nginx on 127.0.0.1; use as a context manager."""
 
@@ -238,13 +267,8 @@ class Nginx:
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # fast shutdown
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc)  # SIGTERM: nginx's fast shutdown
 
     def stop(self) -> None:
         self._kill()
@@ -320,6 +344,380 @@ def replace_section(path: Path, name: str, body: str, title: str = "# Benchmarks
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def source_facts() -> dict:
+    """Commit of the checkout and whether src/ differs from it (read-only git calls)."""
+
+    def git(*cmd: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "src")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "src_modified": None if status is None else bool(status),
+    }
+
+
+def new_results(benchmark: str, config: dict, server: dict, packages: tuple[str, ...]) -> dict:
+    """The results dict of a run about to start; ``results`` is filled in by :meth:`Suite.run`."""
+    return {
+        "benchmark": benchmark,
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "config": config,
+        "machine": machine_facts(packages),
+        "server": server,
+        "source": source_facts(),
+        "results": [],
+    }
+
+
+def facts_line(data: dict, servers: str = "") -> str:
+    """``Last full run: <date> — <machine>, <versions>; source <commit>. Total …`` for a README."""
+    m = data["machine"]
+    versions = [f"Python {m['python']}", *([servers] if servers else [])]
+    versions += [f"{k} {v}" for k, v in m["packages"].items() if v]
+    text = f"Last full run: {data['generated']} — {m['cpu_count']} CPUs ({m['cpu_model']}), "
+    text += ", ".join(versions)
+    src = data.get("source")
+    if src:
+        text += f"; source {src.get('commit') or '?'}"
+        text += " with local changes in src/" if src.get("src_modified") else ""
+    text += "."
+    if data.get("total_seconds") is not None:
+        text += f" Total {data['total_seconds'] / 60:.1f} min"
+        load = m.get("loadavg_at_start")
+        text += ", load average at start " + ", ".join(f"{x:g}" for x in load) if load else ""
+        text += "."
+    return text
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+async def drive(
+    get: Callable[[str], Awaitable[str | None]],
+    url: str,
+    total: int,
+    concurrency: int,
+    budget: float,
+) -> dict:
+    """*concurrency* worker coroutines share one counter of *total* requests; a hard stop
+    after *budget* seconds cancels the requests still in flight.
+
+    ``get(url)`` returns None for a success, else a short kind of failure (``"HTTP 401"``);
+    an exception counts as a failure of its type's name.
+    """
+    remaining = total
+    ok = failed = 0
+    kinds: Counter[str] = Counter()
+
+    async def worker() -> None:
+        nonlocal remaining, ok, failed
+        while remaining > 0:
+            remaining -= 1
+            try:
+                bad = await get(url)
+            except Exception as exc:
+                bad = type(exc).__name__
+            if bad is None:
+                ok += 1
+            else:
+                failed += 1
+                kinds[bad] += 1
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+    _, pending = await asyncio.wait(tasks, timeout=budget)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            kinds["worker crashed: " + type(task.exception()).__name__] += 1
+    return {"ok": ok, "failed": failed, "kinds": dict(kinds), "stopped_early": bool(pending)}
+
+
+@contextmanager
+def measured() -> Iterator[dict]:
+    """Wall seconds and this process's CPU seconds over the with-block, in the dict it yields
+    (``wall_s``, ``cpu_user_s``, ``cpu_sys_s``, ``cpu_s``; filled in when the block ends)."""
+    out: dict = {}
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    yield out
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, sys_ = ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime
+    out.update(wall_s=wall, cpu_user_s=user, cpu_sys_s=sys_, cpu_s=user + sys_)
+
+
+def rates(res: dict, m: dict, per_1k: str) -> dict:
+    """A run's wall time, requests done, successful req/s, client CPU % of one core and
+    client CPU ms per 1,000 requests (under the key *per_1k*), from :func:`drive`'s
+    counts and :func:`measured`'s times."""
+    wall, cpu, done = m["wall_s"], m["cpu_s"], res["ok"] + res["failed"]
+    return {
+        "wall_s": wall,
+        "completed": done,
+        "req_per_s": res["ok"] / wall if wall > 0 else 0.0,
+        per_1k: cpu * 1e6 / done if done else None,
+        "client_cpu_pct": 100 * cpu / wall if wall > 0 else None,
+    }
+
+
+def import_error(exc: ImportError) -> dict:
+    return {"import_error": f"{type(exc).__name__}: {exc}"}
+
+
+def emit(result: dict) -> None:
+    """Hand a worker's result to the orchestrator: one JSON line, then exit."""
+    print(json.dumps(result), flush=True)
+    sys.exit(EXIT_IMPORT_FAILED if "import_error" in result else 0)
+
+
+# --------------------------------------------------------------------------- orchestrator side
+
+
+def run_worker(script: Path, spec: dict, timeout: float) -> dict:
+    """Run ``script --worker SPEC`` in a fresh interpreter and return the JSON of its last
+    stdout line, or ``{"run_failed": why}``."""
+    cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE)
+    except subprocess.TimeoutExpired:
+        return {"run_failed": f"run did not finish within {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return {"run_failed": f"worker exited {proc.returncode}: {tail}"}
+
+
+def run_interleaved(
+    cells: list[dict],
+    repeat: int,
+    wants_another_run: Callable[[dict], bool],
+    run_cell: Callable[[dict], dict],
+    numbers: Callable[[dict], str],
+    skipped: dict[str, str],
+) -> None:
+    """Up to *repeat* rounds over *cells* (one per client, same conditions), so that machine
+    noise hits the clients alike. Each run is appended to its cell's ``runs`` and shown on
+    stderr: the cell's conditions (its keys other than the client's), client, *numbers(run)*.
+    A client that cannot be imported is put in *skipped* and not run again."""
+    shown = ("mode", "row", "concurrency")
+    for rep in range(repeat):
+        for cell in cells:
+            name = cell["client"]
+            if name in skipped or not wants_another_run(cell):
+                continue
+            r = run_cell(cell)
+            cell["runs"].append(r)
+            where = " ".join(f"{k}={cell[k]!s:<5}" for k in shown if k in cell)
+            where = f"  {where} {name:<14}"
+            if "import_error" in r:
+                skipped[name] = f"not importable: {r['import_error']}"
+                print(f"{where} skipped ({r['import_error']})", file=sys.stderr, flush=True)
+            elif "req_per_s" not in r:
+                print(f"{where} FAILED: {r.get('run_failed')}", file=sys.stderr, flush=True)
+            else:
+                flag = " (stopped at budget)" if r["stopped_early"] else ""
+                print(f"{where} #{rep + 1} {numbers(r)}{flag}", file=sys.stderr, flush=True)
+
+
+def best_run(runs: list[dict]) -> dict | None:
+    """The run with the best successful req/s, else the last (failed) one."""
+    good = [r for r in runs if "req_per_s" in r]
+    if good:
+        return max(good, key=lambda r: r["req_per_s"])
+    return runs[-1] if runs else None
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def fmt_int(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    if b == 0:
+        return "∞" if a else "n/a"
+    return f"{a / b:.2f}x"
+
+
+def why_not_run(cell: dict, run: dict) -> str:
+    """First line of why a cell has no rate, for a table."""
+    why = cell.get("skipped") or run.get("run_failed") or run.get("import_error") or "not run"
+    return why.splitlines()[0][:80]
+
+
+def tail_lines(data: dict, key: str, server: str, notes: list[str], why: str = "") -> list[str]:
+    """Under a suite's tables: the server's highest CPU over the cells' runs (kept under
+    *key*), as ``<server> at most N% of one core<why>.``, then the footnotes."""
+    cpu = [
+        cell[key]["server_cpu_pct"]
+        for cell in data["results"]
+        if (cell.get(key) or {}).get("server_cpu_pct") is not None
+    ]
+    lines: list[str] = []
+    if cpu:
+        lines += ["", f"{server} at most {max(cpu):.0f}% of one core{why}."]
+    if notes:
+        lines += ["", *(f"[^{i}]: {n}" for i, n in enumerate(notes, 1))]
+    return lines
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What ``plain.py`` and ``ntlm.py`` share around their own measuring: the common
+    options, the run (interrupt handling, best runs, results JSON) and the README section."""
+
+    name: str  # README section <!-- name:start -->, results/<name>.json, bench-<name>.png
+    intro: str  # README text above the numbers, inside the section
+    render: Callable[[dict], str]  # the numbers as markdown, from a results dict
+    result_key: str  # where each cell keeps the run it reports
+    chart_title: str  # alt text of the chart in the README
+
+    @property
+    def results_json(self) -> Path:
+        return RESULTS / f"{self.name}.json"
+
+    def parser(
+        self,
+        doc: str,
+        clients: Iterable[str],
+        requests: tuple[int, str],
+        repeat_help: str,
+        quick_help: str,
+    ) -> argparse.ArgumentParser:
+        """An option parser with the options both suites have; *requests* is the default
+        number of requests per run and what they are."""
+        p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+        p.add_argument(
+            "--requests",
+            type=int,
+            default=requests[0],
+            help=f"{requests[1]} per run (default {requests[0]})",
+        )
+        p.add_argument("--repeat", type=int, default=3, help=repeat_help)
+        names = ",".join(clients)
+        p.add_argument("--clients", default=names, help=f"comma-separated subset of {names}")
+        p.add_argument(
+            "--max-seconds", type=float, default=60, help="time budget per run (default 60)"
+        )
+        p.add_argument("--quick", action="store_true", help=quick_help)
+        p.add_argument(
+            "--out", type=Path, help=f"results JSON (default bench/results/{self.name}.json)"
+        )
+        p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+        p.add_argument(
+            "--render",
+            action="store_true",
+            help="measure nothing: rewrite the README section from the results JSON (--out)",
+        )
+        p.add_argument(
+            "--check-args", action="store_true", help="check the options and exit (bench/run)"
+        )
+        p.add_argument("--worker", help=argparse.SUPPRESS)
+        return p
+
+    def settle(
+        self,
+        p: argparse.ArgumentParser,
+        args: argparse.Namespace,
+        quick: dict,
+        choices: dict[str, Iterable[str]],
+    ) -> argparse.Namespace:
+        """Apply ``--quick`` (the *quick* settings, an untracked results file, no README) and
+        split the comma-separated options named in *choices*, refusing unknown values."""
+        if args.quick:
+            for key, value in quick.items():
+                setattr(args, key, value)
+            args.out = args.out or RESULTS / f"{self.name}.quick.raw.json"
+            args.no_readme = True
+        args.out = args.out or self.results_json
+        for attr, allowed in choices.items():
+            got = [x.strip().lower() for x in getattr(args, attr).split(",") if x.strip()]
+            bad = [x for x in got if x not in allowed]
+            if bad:
+                p.error(f"unknown {attr} {bad}; choose from {list(allowed)}")
+            setattr(args, attr, got)
+        return args
+
+    def main(
+        self,
+        args: argparse.Namespace,
+        worker: Callable[[dict], None],
+        measure: Callable[[argparse.Namespace], int],
+    ) -> int:
+        if args.worker:
+            worker(json.loads(args.worker))
+            return 0
+        if args.check_args:
+            return 0
+        if args.render:
+            try:
+                data = json.loads(args.out.read_text())
+            except (OSError, ValueError) as exc:
+                sys.exit(f"{args.out}: cannot read the results ({exc})")
+            return self.report(data, args, wrote=[])
+        return measure(args)
+
+    def run(
+        self,
+        args: argparse.Namespace,
+        data: dict,
+        cells: Iterable[dict],
+        loop: Callable[[dict[str, str]], None],
+    ) -> int:
+        """Measure (*loop* fills the cells' runs, putting clients it could not import in the
+        dict it is given), keep each cell's best run, write the results and the README."""
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so servers are stopped at exit
+        skipped: dict[str, str] = {}
+        started = time.monotonic()
+        interrupted = False
+        try:
+            loop(skipped)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("interrupted: reporting what was measured", file=sys.stderr)
+            args.no_readme = True
+            args.out = args.out.with_name(args.out.stem + ".partial.raw.json")
+        for cell in cells:
+            cell[self.result_key] = best_run(cell["runs"])
+            if cell["client"] in skipped:
+                cell["skipped"] = skipped[cell["client"]]
+            data["results"].append(cell)
+        data["total_seconds"] = round(time.monotonic() - started, 1)
+        data["interrupted"] = interrupted
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(data, indent=2) + "\n")
+        return self.report(data, args, wrote=[args.out])
+
+    def section(self, data: dict) -> str:
+        chart = os.path.relpath(CHARTS / f"bench-{self.name}.png", README.parent)
+        return f"{self.intro}\n![{self.chart_title}]({chart})\n\n{self.render(data)}"
+
+    def report(self, data: dict, args: argparse.Namespace, wrote: list[Path]) -> int:
+        if not args.no_readme:
+            replace_section(README, self.name, self.section(data))
+            wrote.append(README)
+        print()
+        print(self.render(data))
+        if wrote:
+            print("\nwrote " + " and ".join(map(os.path.relpath, wrote)), file=sys.stderr)
+        return 0
 
 
 if __name__ == "__main__":

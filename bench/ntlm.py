@@ -26,6 +26,7 @@ another port of the server process, outside the NTLM server's counters).
 
     .venv/bin/python bench/ntlm.py                      # full run, updates README + results
     .venv/bin/python bench/ntlm.py --quick              # smoke run, writes nothing tracked
+    .venv/bin/python bench/ntlm.py --render             # README section again from the results
     .venv/bin/python bench/ntlm.py --clients exclient --modes per-request --rows 50,50/10
     .venv/bin/python bench/ntlm.py serve --mode per-connection   # the server by hand
 """
@@ -35,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as _dt
 import json
 import os
 import resource
@@ -55,6 +55,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _common  # noqa: E402
+from _common import fmt_int, fmt_ratio  # noqa: E402
 
 CLIENTS = {
     "exclient": "ExClient + NTLMAuth",
@@ -76,9 +77,6 @@ EXTRA_PACKAGES = (
     "urllib3",
     "aiohttp-ntlm",
 )
-RESULTS_JSON = HERE / "results" / "ntlm.json"
-README = HERE / "README.md"
-EXIT_IMPORT_FAILED = 3
 
 
 # --------------------------------------------------------------------------- server process
@@ -209,12 +207,7 @@ class ServerProcess:
             proc.stdin.close()
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _common.stop_process(proc)
 
 
 def read_stats(stats_url: str, reset: bool = False) -> dict:
@@ -271,38 +264,6 @@ def _make_async_client(spec: dict):
         return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
 
     return client.aclose, get
-
-
-async def _drive_async(get, url: str, total: int, concurrency: int, budget: float) -> dict:
-    """C workers share one counter of N requests; hard stop after *budget* s."""
-    remaining = total
-    ok = failed = 0
-    kinds: Counter[str] = Counter()
-
-    async def worker() -> None:
-        nonlocal remaining, ok, failed
-        while remaining > 0:
-            remaining -= 1
-            try:
-                bad = await get(url)
-            except Exception as exc:
-                bad = _kind(exc)
-            if bad is None:
-                ok += 1
-            else:
-                failed += 1
-                kinds[bad] += 1
-
-    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    _, pending = await asyncio.wait(tasks, timeout=budget)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=10)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            kinds["worker crashed: " + _kind(task.exception())] += 1
-    return {"ok": ok, "failed": failed, "kinds": dict(kinds), "stopped_early": bool(pending)}
 
 
 def _run_requests(spec: dict, url: str) -> dict:
@@ -366,7 +327,7 @@ def _run_requests(spec: dict, url: str) -> dict:
 async def _run_async(spec: dict, url: str) -> dict:
     closer, get = _make_async_client(spec)
     try:
-        return await _drive_async(
+        return await _common.drive(
             get, url, spec["requests"], spec["concurrency"], spec["max_seconds"]
         )
     finally:
@@ -386,68 +347,33 @@ def worker_main(spec: dict) -> None:
         else:
             import httpx_extensions  # noqa: F401
     except ImportError as exc:
-        print(json.dumps({"import_error": f"{type(exc).__name__}: {exc}"}), flush=True)
-        sys.exit(EXIT_IMPORT_FAILED)
+        _common.emit(_common.import_error(exc))
 
     s0 = read_stats(spec["stats_url"], reset=True)
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    if spec["client"] == "requests-ntlm":
-        res = _run_requests(spec, url)
-    else:
-        res = asyncio.run(_run_async(spec, url))
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    with _common.measured() as m:
+        if spec["client"] == "requests-ntlm":
+            res = _run_requests(spec, url)
+        else:
+            res = asyncio.run(_run_async(spec, url))
     s1 = read_stats(spec["stats_url"])
 
-    done = res["ok"] + res["failed"]
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    out = {
-        **res,
-        "wall_s": wall,
-        "completed": done,
-        "req_per_s": res["ok"] / wall if wall > 0 else 0.0,
-        "exchanges": s1["requests_total"],
-        "exchanges_per_request": s1["requests_total"] / done if done else None,
-        "conns_opened": s1["connections_opened"],
-        "max_open_connections": s1["max_open_connections"],
-        "handshakes": s1["handshakes_completed"],
-        "server_errors": s1["errors"],
-        "client_cpu_ms_per_1k": cpu * 1e6 / done if done else None,
-        "client_cpu_pct": 100 * cpu / wall if wall > 0 else None,
-        "server_cpu_pct": 100 * (s1["cpu_s"] - s0["cpu_s"]) / wall if wall > 0 else None,
-    }
-    print(json.dumps(out), flush=True)
+    run = {**res, **_common.rates(res, m, per_1k="client_cpu_ms_per_1k")}
+    done, wall = run["completed"], run["wall_s"]
+    _common.emit(
+        {
+            **run,
+            "exchanges": s1["requests_total"],
+            "exchanges_per_request": s1["requests_total"] / done if done else None,
+            "conns_opened": s1["connections_opened"],
+            "max_open_connections": s1["max_open_connections"],
+            "handshakes": s1["handshakes_completed"],
+            "server_errors": s1["errors"],
+            "server_cpu_pct": 100 * (s1["cpu_s"] - s0["cpu_s"]) / wall if wall > 0 else None,
+        }
+    )
 
 
-# --------------------------------------------------------------------------- orchestrator
-
-
-def run_one(spec: dict) -> dict:
-    timeout = spec["max_seconds"] + 90
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE)
-    except subprocess.TimeoutExpired:
-        return {"run_failed": f"run did not finish within {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        return {"run_failed": f"worker exited {proc.returncode}: {tail}"}
-
-
-def fmt_int(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
-
-
-def fmt_ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "n/a"
-    if b == 0:
-        return "∞" if a else "n/a"
-    return f"{a / b:.2f}x"
+# --------------------------------------------------------------------------- report
 
 
 def row_label(row: str) -> str:
@@ -482,11 +408,8 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
                 entry = res.get((mode, row, name)) or {}
                 r = entry.get("result") or {}
                 if "req_per_s" not in r:
-                    why = r.get("run_failed") or r.get("import_error") or "not run"
-                    rows.append(
-                        f"| {row_label(row)} | {label} | n/a | | | "
-                        f"{why.splitlines()[0][:80]} | | | | |"
-                    )
+                    why = _common.why_not_run(entry, r)
+                    rows.append(f"| {row_label(row)} | {label} | n/a | | | {why} | | | | |")
                     continue
                 marks: list[str] = []
                 if r["stopped_early"]:
@@ -575,25 +498,11 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
 
 
 def render_markdown(data: dict) -> str:
-    cfg, m = data["config"], data["machine"]
+    cfg = data["config"]
     tables, ratios, notes = build_report(data)
-    pk = m["packages"]
-    srv = [
-        r["result"]["server_cpu_pct"]
-        for r in data["results"]
-        if (r.get("result") or {}).get("server_cpu_pct") is not None
-    ]
-    src = data.get("source") or {}
     slow = {n: k for n, k in cfg["requests_per_client"].items() if k != cfg["requests"]}
     lines = [
-        f"Last full run: {data['generated']} — {m['cpu_count']} CPUs ({m['cpu_model']}), "
-        f"Python {m['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in pk.items() if v)
-        + f"; source {src.get('commit') or '?'}"
-        + (" with local changes in src/" if src.get("src_modified") else "")
-        + f". Total {data['total_seconds'] / 60:.1f} min, load average at start "
-        + ", ".join(f"{x:g}" for x in (m.get("loadavg_at_start") or []))
-        + ".",
+        _common.facts_line(data),
         "",
         f"`GET /` to `IISLikeServer` (own process, hashed user file), {cfg['requests']:,} "
         "requests per run"
@@ -612,18 +521,17 @@ def render_markdown(data: dict) -> str:
     for table in tables:
         lines += [table, ""]
     lines += ratios
-    if srv:
-        lines += [
-            "",
-            f"Server process CPU during the measured parts: at most {max(srv):.0f}% of one core "
-            "(pure-Python acceptor: on 2 cores it competes with the client).",
-        ]
-    if notes:
-        lines += ["", *(f"[^{i}]: {n}" for i, n in enumerate(notes, 1))]
+    lines += _common.tail_lines(
+        data,
+        "result",
+        "Server process CPU during the measured parts:",
+        notes,
+        " (pure-Python acceptor: on 2 cores it competes with the client)",
+    )
     return "\n".join(lines)
 
 
-README_INTRO = """\
+INTRO = """\
 ## NTLM (`bench/ntlm.py`)
 
 ExClient + `httpx_extensions.NTLMAuth` against `httpx.AsyncClient` + `httpx-ntlm`,
@@ -634,34 +542,39 @@ TCP connection, 401s with a body), run in its own process. Two server modes:
 (`authPersistSingleRequest`, a handshake for every request). Rows: c = 1, 10, 50 with each
 library's default pool, and c = 50 through a 10-connection pool.
 
-How to run, from the repository root:
+How to run this suite alone, from the repository root:
 
 ```sh
-bench/run-ntlm                  # makes .venv if absent, installs . + bench/requirements.txt
-                                # + aiohttp-ntlm (--no-deps, see below), runs (5-10 min)
-bench/run-ntlm --quick          # smoke run; writes only bench/results/ntlm.quick.raw.json
+bench/run --only ntlm           # this suite and its chart, 5-10 min (bench/run-ntlm does the same)
+bench/run --only ntlm --quick   # smoke run; writes nothing tracked
 .venv/bin/python bench/ntlm.py --clients exclient,aiohttp-ntlm --modes per-request --rows 50
 .venv/bin/python bench/ntlm.py serve --mode per-request   # the server alone (prints its URL)
 ```
 
 `aiohttp-ntlm` 0.1.4 declares `pyspnego<0.12`; the project runs on pyspnego 0.12, so
-`bench/run-ntlm` installs it with `--no-deps` (its code uses only `spnego.client`, which
+`bench/run` installs it with `--no-deps` (its code uses only `spnego.client`, which
 0.12 keeps; `pip check` will list the pin). Each (client, mode, row) run is its own
 interpreter; clients are interleaved per row. A full run rewrites
-`bench/results/ntlm.json` (raw numbers, machine facts) and the section below.
+`bench/results/ntlm.json` (raw numbers, machine facts) and this section; `bench/run`
+then redraws the chart.
 """
 
+SUITE = _common.Suite(
+    "ntlm", INTRO, render_markdown, result_key="result", chart_title="NTLM: req/s per client"
+)
 
-def write_outputs(data: dict, out_json: Path, update_readme: bool) -> None:
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(data, indent=2) + "\n")
-    if update_readme:
-        _common.replace_section(README, "ntlm", README_INTRO + "\n" + render_markdown(data))
+
+# --------------------------------------------------------------------------- orchestrator
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--requests", type=int, default=2000, help="requests per run (default 2000)")
+    p = SUITE.parser(
+        __doc__,
+        CLIENTS,
+        requests=(2000, "requests"),
+        repeat_help="runs per cell, best successful req/s kept (default 3); see --repeat-seconds",
+        quick_help="smoke run: 200 requests, no README",
+    )
     p.add_argument(
         "--slow-requests",
         type=int,
@@ -674,44 +587,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
     p.add_argument(
-        "--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {list(CLIENTS)}"
-    )
-    p.add_argument("--max-seconds", type=float, default=60, help="time budget per run (default 60)")
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="runs per cell, best successful req/s kept (default 3); see --repeat-seconds",
-    )
-    p.add_argument(
         "--repeat-seconds",
         type=float,
         default=10,
         help="no further runs of a cell once its runs add up to this many seconds "
         "(default 10), nor after one hit the budget",
     )
-    p.add_argument("--quick", action="store_true", help="smoke run: 200 requests, no README")
-    p.add_argument("--out", type=Path, help="results JSON (default bench/results/ntlm.json)")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.quick:
-        args.requests, args.slow_requests, args.max_seconds, args.repeat = 200, 200, 20.0, 1
-        args.out = args.out or HERE / "results" / "ntlm.quick.raw.json"
-        args.no_readme = True
-    args.out = args.out or RESULTS_JSON
-    args.rows = [x.strip() for x in args.rows.split(",") if x.strip()]
-    args.modes = [x.strip() for x in args.modes.split(",") if x.strip()]
-    args.clients = [x.strip().lower() for x in args.clients.split(",") if x.strip()]
-    for what, got, allowed in (
-        ("row", args.rows, ROWS),
-        ("mode", args.modes, MODES),
-        ("client", args.clients, CLIENTS),
-    ):
-        bad = [x for x in got if x not in allowed]
-        if bad:
-            p.error(f"unknown {what}(s) {bad}; choose from {list(allowed)}")
-    return args
+    quick = {"requests": 200, "slow_requests": 200, "max_seconds": 20.0, "repeat": 1}
+    return SUITE.settle(p, args, quick, {"rows": ROWS, "modes": MODES, "clients": CLIENTS})
 
 
 def _wants_another_run(cell: dict, args: argparse.Namespace) -> bool:
@@ -725,56 +609,17 @@ def _wants_another_run(cell: dict, args: argparse.Namespace) -> bool:
     return sum(r["wall_s"] for r in runs) < args.repeat_seconds
 
 
-def _print_run(mode: str, row: str, name: str, rep: int, r: dict) -> None:
-    if "req_per_s" not in r:
-        print(
-            f"  {mode:<14} c={row:<5} {CLIENTS[name]:<34} FAILED: "
-            f"{r.get('run_failed') or r.get('import_error')}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return
-    flag = " (stopped at budget)" if r["stopped_early"] else ""
-    print(
-        f"  {mode:<14} c={row:<5} {CLIENTS[name]:<34} #{rep + 1} "
+def _numbers(r: dict) -> str:
+    return (
         f"{r['req_per_s']:>7,.0f} req/s  failed {r['failed']:>5}/{r['completed']:<5} "
         f"exch/req {r['exchanges_per_request']:.2f}  conns {r['conns_opened']:<5} "
         f"hs {r['handshakes']:<5} wall {r['wall_s']:.1f}s "
-        f"cpu {r['client_cpu_pct'] or 0:.0f}%/srv {r['server_cpu_pct'] or 0:.0f}%{flag}"
-        + (f"  {r['kinds']}" if r["kinds"] else ""),
-        file=sys.stderr,
-        flush=True,
+        f"cpu {r['client_cpu_pct'] or 0:.0f}%/srv {r['server_cpu_pct'] or 0:.0f}%"
+        + (f"  {r['kinds']}" if r["kinds"] else "")
     )
 
 
-def source_facts() -> dict:
-    """Commit of the checkout and whether src/ differs from it (read-only git calls)."""
-
-    def git(*cmd: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", "src")
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "src_modified": None if status is None else bool(status),
-    }
-
-
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["serve"]:
-        return serve(argv[1:])
-    args = parse_args(argv)
-    if args.worker:
-        worker_main(json.loads(args.worker))
-        return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server is stopped at exit
-
+def measure(args: argparse.Namespace) -> int:
     per_client = {
         n: (args.slow_requests or args.requests) if n == "httpx-ntlm" else args.requests
         for n in args.clients
@@ -793,20 +638,13 @@ def main(argv: list[str]) -> int:
         "repeat": args.repeat,
         "repeat_seconds": args.repeat_seconds,
     }
-    data = {
-        "benchmark": "ntlm",
-        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "config": cfg,
-        "machine": _common.machine_facts(EXTRA_PACKAGES),
-        "server": {
-            "class": "tests.servers.ntlm.IISLikeServer",
-            "schemes": ["Negotiate", "NTLM"],
-            "user_file": "store_hashes=True",
-            "process": "separate",
-        },
-        "source": source_facts(),
-        "results": [],
+    server_facts = {
+        "class": "tests.servers.ntlm.IISLikeServer",
+        "schemes": ["Negotiate", "NTLM"],
+        "user_file": "store_hashes=True",
+        "process": "separate",
     }
+    data = _common.new_results("ntlm", cfg, server_facts, EXTRA_PACKAGES)
     cells = {
         (mode, row, name): {
             "client": name,
@@ -823,69 +661,36 @@ def main(argv: list[str]) -> int:
         for row in args.rows
         for name in args.clients
     }
-    skipped: dict[str, str] = {}
-    started = time.monotonic()
-    interrupted = False
-    try:
+
+    def loop(skipped: dict[str, str]) -> None:
         for mode in args.modes:
             with ServerProcess(mode) as server:
                 print(f"{mode}: NTLM server at {server.info['url']}", file=sys.stderr, flush=True)
-                for row in args.rows:
-                    for rep in range(args.repeat):
-                        for name in args.clients:
-                            cell = cells[(mode, row, name)]
-                            if name in skipped or not _wants_another_run(cell, args):
-                                continue
-                            spec = {
-                                k: cell[k]
-                                for k in (
-                                    "client",
-                                    "mode",
-                                    "row",
-                                    "concurrency",
-                                    "pool",
-                                    "requests",
-                                    "max_seconds",
-                                )
-                            }
-                            spec["url"] = server.info["url"]
-                            spec["stats_url"] = server.info["stats_url"]
-                            r = run_one(spec)
-                            if "import_error" in r:
-                                skipped[name] = r["import_error"]
-                                print(
-                                    f"  {CLIENTS[name]}: skipped ({r['import_error']})",
-                                    file=sys.stderr,
-                                )
-                            cell["runs"].append(r)
-                            _print_run(mode, row, name, rep, r)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("interrupted: reporting what was measured", file=sys.stderr)
-        args.no_readme = True
-        args.out = args.out.with_name(args.out.stem + ".partial.raw.json")
-    for cell in cells.values():
-        good = [r for r in cell["runs"] if "req_per_s" in r]
-        cell["result"] = (
-            max(good, key=lambda r: r["req_per_s"])
-            if good
-            else (cell["runs"][-1] if cell["runs"] else None)
-        )
-        if cell["client"] in skipped:
-            cell["skipped"] = skipped[cell["client"]]
-        data["results"].append(cell)
-    data["total_seconds"] = round(time.monotonic() - started, 1)
-    data["interrupted"] = interrupted
 
-    write_outputs(data, args.out, update_readme=not args.no_readme)
-    print()
-    print(render_markdown(data))
-    print(
-        f"\nwrote {os.path.relpath(args.out)}"
-        + ("" if args.no_readme else f" and {os.path.relpath(README)}"),
-        file=sys.stderr,
-    )
-    return 0
+                def run_cell(cell: dict, info: dict = server.info) -> dict:
+                    spec = {k: v for k, v in cell.items() if k not in ("runs", "result")}
+                    spec.update(url=info["url"], stats_url=info["stats_url"])
+                    return _common.run_worker(
+                        Path(__file__).resolve(), spec, timeout=spec["max_seconds"] + 90
+                    )
+
+                for row in args.rows:
+                    _common.run_interleaved(
+                        [cells[(mode, row, name)] for name in args.clients],
+                        args.repeat,
+                        lambda cell: _wants_another_run(cell, args),
+                        run_cell,
+                        _numbers,
+                        skipped,
+                    )
+
+    return SUITE.run(args, data, cells.values(), loop)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
+    return SUITE.main(parse_args(argv), worker_main, measure)
 
 
 if __name__ == "__main__":
