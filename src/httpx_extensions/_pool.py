@@ -92,7 +92,7 @@ PoolKey = tuple[bytes, bytes, int, Hashable]
 
 
 class ConnectionLike(Protocol):
-    """What the pool needs of a connection: httpcore's ``AsyncHTTP11Connection`` fits."""
+    """What the pool needs of a connection: ``HTTP11Connection`` (httpcore's fit too)."""
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
 
@@ -105,7 +105,8 @@ class ConnectionLike(Protocol):
     def is_closed(self) -> bool: ...
 
 
-ConnectFactory = Callable[[httpcore.Origin, httpcore.Request], Awaitable[ConnectionLike]]
+# The request is passed through to the factory untouched (the transport's httpx.Request).
+ConnectFactory = Callable[[httpcore.Origin, Any], Awaitable[ConnectionLike]]
 
 
 class ConnectionState(enum.Enum):
@@ -427,7 +428,7 @@ class ConnectionPool:
 
     async def acquire(
         self,
-        request: httpcore.Request,
+        request: Any,
         origin: httpcore.Origin,
         partition: Hashable = None,
         pin: int | None = None,
@@ -588,7 +589,7 @@ class ConnectionPool:
         elif conn.state is ConnectionState.RESERVED and conn.flow is not None:
             conn.flow._discard(self, conn)
 
-    async def _open(self, conn: PooledConnection, request: httpcore.Request) -> None:
+    async def _open(self, conn: PooledConnection, request: Any) -> None:
         try:
             conn.connection = await self._connect(conn.origin, request)
         except BaseException:
