@@ -40,6 +40,8 @@ from typing import Any
 
 import httpcore
 
+from ._network import AsyncioStream
+
 __all__ = ["MAX_HEAD_SIZE", "HTTP11Connection", "ResponseHead"]
 
 logger = logging.getLogger("httpx_extensions.http11")
@@ -176,9 +178,12 @@ class HTTP11Connection:
         if self._expire_at is not None and time.monotonic() > self._expire_at:
             return True
         # An idle connection the server has written to (a close, or garbage) is finished.
-        return self._state is _IDLE and (
-            bool(self._buffer) or bool(self._stream.get_extra_info("is_readable"))
-        )
+        if self._state is not _IDLE:
+            return False
+        stream = self._stream
+        if type(stream) is AsyncioStream:  # skip get_extra_info's dispatch on the hot path
+            return stream.is_readable()
+        return bool(stream.get_extra_info("is_readable"))
 
     async def aclose(self) -> None:
         self._state = _CLOSED
@@ -252,23 +257,24 @@ class HTTP11Connection:
         timeouts: typing.Mapping[str, Any],
         trace: Any,
     ) -> ResponseHead:
+        info = {"request": (method, target)}
         try:
-            async with _Event("send_request_headers", trace, {"request": (method, target)}):
-                head, close, framing = self._prepare(method, target, headers)
-                await self._stream.write(head, timeouts.get("write"))
             try:
-                async with _Event("send_request_body", trace, {"request": (method, target)}):
+                async with _Event("send_request_headers", trace, info):
+                    head, close, framing = self._prepare(method, target, headers)
+                    await self._stream.write(head, timeouts.get("write"))
+                async with _Event("send_request_body", trace, info):
                     await self._write_body(framing, body, timeouts.get("write"))
             except httpcore.WriteError:
                 close = True  # as in send(): read the early answer if there is one
-            event = _Event("receive_response_headers", trace, {"request": (method, target)})
+            event = _Event("receive_response_headers", trace, info)
             async with event:
                 response = await self._read_response(method, headers, close, timeouts.get("read"))
                 event.result = (
                     response.http_version,
                     response.status,
                     response.reason,
-                    _redact(response.headers),
+                    response.headers,
                 )
         except BaseException:
             # Mid-request: unusable. The pool closes it (shielded) when it gets it back.
@@ -631,8 +637,7 @@ class _Event:
 
     async def _emit(self, event: str, info: dict[str, Any]) -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            args = " ".join(f"{key}={value!r}" for key, value in info.items())
-            logger.debug("%s.%s %s", self.name, event, args)
+            logger.debug("%s.%s %s", self.name, event, _loggable(info))
         if self.trace is not None:
             await self.trace(f"http11.{self.name}.{event}", info)
 
@@ -645,6 +650,16 @@ class _Event:
             await self._emit("complete", {"return_value": self.result})
         else:
             await self._emit("failed", {"exception": exc})
+
+
+def _loggable(info: dict[str, Any]) -> str:
+    # As httpcore's trace logs, but authentication header values never reach a log.
+    parts = []
+    for key, value in info.items():
+        if key == "return_value" and isinstance(value, tuple) and len(value) == 4:
+            value = (*value[:3], _redact(value[3]))
+        parts.append(f"{key}={value!r}")
+    return " ".join(parts)
 
 
 class _TracedBody:
@@ -660,6 +675,7 @@ class _TracedBody:
                 yield chunk
 
     async def aclose(self) -> None:
-        aclose = getattr(self._body, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        async with _Event("response_closed", self._trace, {}):
+            aclose = getattr(self._body, "aclose", None)
+            if aclose is not None:
+                await aclose()

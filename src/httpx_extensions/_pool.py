@@ -690,8 +690,14 @@ class ConnectionPool:
         if self._closed:
             self._drop(conn, to_close)
             return
-        if conn.state is ConnectionState.RESERVED and conn.has_expired():
-            self._drop(conn, to_close)  # closed by the server while it was reserved
+        if (
+            conn.state is ConnectionState.RESERVED
+            and (conn.pin_waiters or self._waiters)
+            and conn.has_expired()
+        ):
+            # Closed by the server while it was reserved: do not hand it to a waiter. (Parked
+            # idle, the next pick checks it, so the check is skipped when nobody waits.)
+            self._drop(conn, to_close)
             self._grant_slots()
             return
         conn._move(ConnectionState.IDLE)
