@@ -215,12 +215,17 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return transport.get_extra_info("socket")
         if info == "is_readable":
-            protocol = self._protocol
-            if protocol.buffer or protocol.eof or transport.is_closing():
-                return True
-            sock = transport.get_extra_info("socket")
-            return sock is not None and _readable(sock)
+            return self.is_readable()
         return None
+
+    def is_readable(self) -> bool:
+        """True when the server has sent something (or closed) since the last read."""
+        protocol = self._protocol
+        transport = self._transport
+        if protocol.buffer or protocol.eof or transport.is_closing():
+            return True
+        sock = transport.get_extra_info("socket")
+        return sock is not None and _readable(sock)
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):

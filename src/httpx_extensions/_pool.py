@@ -92,7 +92,7 @@ PoolKey = tuple[bytes, bytes, int, Hashable]
 
 
 class ConnectionLike(Protocol):
-    """What the pool needs of a connection: httpcore's ``AsyncHTTP11Connection`` fits."""
+    """What the pool needs of a connection: ``HTTP11Connection`` (httpcore's fit too)."""
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
 
@@ -105,7 +105,8 @@ class ConnectionLike(Protocol):
     def is_closed(self) -> bool: ...
 
 
-ConnectFactory = Callable[[httpcore.Origin, httpcore.Request], Awaitable[ConnectionLike]]
+# The request is passed through to the factory untouched (the transport's httpx.Request).
+ConnectFactory = Callable[[httpcore.Origin, Any], Awaitable[ConnectionLike]]
 
 
 class ConnectionState(enum.Enum):
@@ -427,7 +428,7 @@ class ConnectionPool:
 
     async def acquire(
         self,
-        request: httpcore.Request,
+        request: Any,
         origin: httpcore.Origin,
         partition: Hashable = None,
         pin: int | None = None,
@@ -588,7 +589,7 @@ class ConnectionPool:
         elif conn.state is ConnectionState.RESERVED and conn.flow is not None:
             conn.flow._discard(self, conn)
 
-    async def _open(self, conn: PooledConnection, request: httpcore.Request) -> None:
+    async def _open(self, conn: PooledConnection, request: Any) -> None:
         try:
             conn.connection = await self._connect(conn.origin, request)
         except BaseException:
@@ -689,8 +690,14 @@ class ConnectionPool:
         if self._closed:
             self._drop(conn, to_close)
             return
-        if conn.state is ConnectionState.RESERVED and conn.has_expired():
-            self._drop(conn, to_close)  # closed by the server while it was reserved
+        if (
+            conn.state is ConnectionState.RESERVED
+            and (conn.pin_waiters or self._waiters)
+            and conn.has_expired()
+        ):
+            # Closed by the server while it was reserved: do not hand it to a waiter. (Parked
+            # idle, the next pick checks it, so the check is skipped when nobody waits.)
+            self._drop(conn, to_close)
             self._grant_slots()
             return
         conn._move(ConnectionState.IDLE)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import ssl
 import typing
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 
 import httpcore
@@ -21,8 +21,9 @@ import sniffio
 
 from ._exceptions import UnsupportedConfiguration
 from ._extensions import CONN_ID, PARTITION
+from ._http11 import HTTP11Connection
 from ._network import AsyncioBackend
-from ._pool import ConnectionInfo, ConnectionLike, ConnectionPool, PooledConnection
+from ._pool import ConnectionInfo, ConnectionPool, PooledConnection
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
 
@@ -94,7 +95,7 @@ def _check_limits(limits: httpx.Limits) -> None:
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body; closing it gives the connection back to the pool."""
 
-    __slots__ = ("_closed", "_conn", "_pool", "_stream")
+    __slots__ = ("_closed", "_conn", "_iterator", "_pool", "_stream")
 
     def __init__(
         self, stream: typing.AsyncIterable[bytes], pool: ConnectionPool, conn: PooledConnection
@@ -103,13 +104,19 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._pool = pool
         self._conn = conn
         self._closed = False
+        self._iterator: typing.AsyncIterator[bytes] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    # An iterator object rather than an async generator: one fewer generator per response.
+    def __aiter__(self) -> _ResponseStream:
+        self._iterator = self._stream.__aiter__()
+        return self
+
+    async def __anext__(self) -> bytes:
+        assert self._iterator is not None
         try:
-            async for part in self._stream:
-                yield part
+            return await self._iterator.__anext__()
         except Exception as exc:
-            mapped = _map_exception(exc)
+            mapped = _map_exception(exc)  # None for StopAsyncIteration and non-httpcore errors
             if mapped is None:
                 raise
             raise mapped from exc
@@ -270,58 +277,62 @@ class ExTransport(httpx.AsyncBaseTransport):
         headers = request.headers.raw
         if self._proxy_origin is not None and not self._socks and scheme not in _TLS_SCHEMES:
             # Forward proxying: absolute-form target on a connection to the proxy.
-            core_url = httpcore.URL(
-                scheme=self._proxy_origin.scheme,
-                host=self._proxy_origin.host,
-                port=self._proxy_origin.port,
-                target=bytes(str(url), "ascii"),
-            )
+            target = bytes(str(url), "ascii")
             headers = self._with_proxy_headers(headers)
         else:
-            core_url = httpcore.URL(
-                scheme=scheme, host=url.raw_host, port=port, target=url.raw_path
-            )
-        core_request = httpcore.Request(
-            method=request.method,
-            url=core_url,
-            headers=headers,
-            content=request.stream,
-            extensions=extensions,
-        )
+            target = url.raw_path
+        method = request.method.encode("ascii")
 
         if httpcore.AsyncConnectionPool.handle_async_request is not _STOCK_POOL_HANDLER:
-            return await self._handle_mocked(core_request)
+            return await self._handle_mocked(request, target, headers)
         try:
-            conn = await self._pool.acquire(core_request, origin, partition, pin, pool_timeout)
+            conn = await self._pool.acquire(request, origin, partition, pin, pool_timeout)
         except Exception as exc:
             mapped = _map_exception(exc)
             if mapped is None:
                 raise
             raise mapped from exc
-        connection = conn.connection
-        assert connection is not None
+        connection = typing.cast(HTTP11Connection, conn.connection)
         try:
-            response = await connection.handle_async_request(core_request)
+            head = await connection.send(method, target, headers, request.stream, extensions)
         except BaseException as exc:
             await self._pool.release(conn)
             mapped = _map_exception(exc) if isinstance(exc, Exception) else None
             if mapped is None:
                 raise
             raise mapped from exc
-        response_extensions = response.extensions
-        response_extensions[CONN_ID] = conn.conn_id
         return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream, self._pool, conn),  # type: ignore[arg-type]
-            extensions=response_extensions,
+            status_code=head.status,
+            headers=head.headers,
+            stream=_ResponseStream(head.stream, self._pool, conn),
+            extensions={
+                "http_version": head.http_version,
+                "reason_phrase": head.reason,
+                "network_stream": head.network_stream,
+                CONN_ID: conn.conn_id,
+            },
         )
 
-    async def _handle_mocked(self, request: httpcore.Request) -> httpx.Response:
+    async def _handle_mocked(
+        self, request: httpx.Request, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> httpx.Response:
         if self._mock_pool is None:
             self._mock_pool = httpcore.AsyncConnectionPool(ssl_context=self._ssl_context)
+        url = request.url
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=url.raw_scheme,
+                host=url.raw_host,
+                port=url.port or _DEFAULT_PORTS[url.raw_scheme],
+                target=target,
+            ),
+            headers=headers,
+            content=request.stream,
+            extensions=request.extensions,
+        )
         try:
-            response = await self._mock_pool.handle_async_request(request)
+            response = await self._mock_pool.handle_async_request(core_request)
         except Exception as exc:
             mapped = _map_exception(exc)
             if mapped is None:
@@ -343,8 +354,8 @@ class ExTransport(httpx.AsyncBaseTransport):
     # Connecting.
 
     async def _open_connection(
-        self, origin: httpcore.Origin, request: httpcore.Request
-    ) -> ConnectionLike:
+        self, origin: httpcore.Origin, request: httpx.Request
+    ) -> HTTP11Connection:
         timeouts = request.extensions.get("timeout") or {}
         timeout = timeouts.get("connect")
         if self._proxy_origin is None:
@@ -352,7 +363,7 @@ class ExTransport(httpx.AsyncBaseTransport):
             if origin.scheme in _TLS_SCHEMES:
                 sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
                 stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
-            return httpcore.AsyncHTTP11Connection(origin, stream, self._keepalive_expiry)
+            return HTTP11Connection(origin, stream, self._keepalive_expiry)
 
         proxy_origin = self._proxy_origin
         stream = await self._connect_tcp(proxy_origin, timeout)
@@ -365,7 +376,7 @@ class ExTransport(httpx.AsyncBaseTransport):
             if origin.scheme in _TLS_SCHEMES:
                 sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
                 stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
-            return httpcore.AsyncHTTP11Connection(origin, stream, self._keepalive_expiry)
+            return HTTP11Connection(origin, stream, self._keepalive_expiry)
         if proxy_origin.scheme == b"https":
             assert self._proxy is not None
             proxy_context = self._proxy.ssl_context or self._ssl_context
@@ -373,11 +384,11 @@ class ExTransport(httpx.AsyncBaseTransport):
                 stream, proxy_context, proxy_origin.host.decode("ascii"), timeout
             )
         if origin.scheme not in _TLS_SCHEMES:
-            return httpcore.AsyncHTTP11Connection(proxy_origin, stream, self._keepalive_expiry)
+            return HTTP11Connection(proxy_origin, stream, self._keepalive_expiry)
         stream = await self._tunnel(stream, proxy_origin, origin, request)
         sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
         stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
-        return httpcore.AsyncHTTP11Connection(origin, stream, self._keepalive_expiry)
+        return HTTP11Connection(origin, stream, self._keepalive_expiry)
 
     async def _connect_tcp(
         self, origin: httpcore.Origin, timeout: float | None
@@ -480,32 +491,21 @@ class ExTransport(httpx.AsyncBaseTransport):
         stream: httpcore.AsyncNetworkStream,
         proxy_origin: httpcore.Origin,
         origin: httpcore.Origin,
-        request: httpcore.Request,
+        request: httpx.Request,
     ) -> httpcore.AsyncNetworkStream:
         target = b"%b:%d" % (origin.host, origin.port)
-        proxy_connection = httpcore.AsyncHTTP11Connection(proxy_origin, stream)
-        connect_request = httpcore.Request(
-            method=b"CONNECT",
-            url=httpcore.URL(
-                scheme=proxy_origin.scheme,
-                host=proxy_origin.host,
-                port=proxy_origin.port,
-                target=target,
-            ),
-            headers=[(b"Host", target), (b"Accept", b"*/*"), *self._proxy_headers],
-            extensions=request.extensions,
-        )
+        proxy_connection = HTTP11Connection(proxy_origin, stream)
+        headers = [(b"Host", target), (b"Accept", b"*/*"), *self._proxy_headers]
         try:
-            response = await proxy_connection.handle_async_request(connect_request)
+            head = await proxy_connection.send(b"CONNECT", target, headers, (), request.extensions)
         except BaseException:
             await proxy_connection.aclose()
             raise
-        if not 200 <= response.status < 300:
-            reason = response.extensions.get("reason_phrase", b"").decode("ascii", "ignore")
+        if not 200 <= head.status < 300:
+            reason = head.reason.decode("ascii", "ignore")
             await proxy_connection.aclose()
-            raise httpcore.ProxyError(f"{response.status} {reason}".strip())
-        network_stream: httpcore.AsyncNetworkStream = response.extensions["network_stream"]
-        return network_stream
+            raise httpcore.ProxyError(f"{head.status} {reason}".strip())
+        return head.network_stream
 
     # Shutdown.
 

@@ -1,0 +1,681 @@
+"""One HTTP/1.1 client connection: writes a request, parses the response, keeps it alive.
+
+httpcore's ``AsyncHTTP11Connection`` drives h11's general-purpose state machine and takes an
+anyio lock twice per request; profiled under the pool at concurrency 50 that was about half of
+the client's CPU per request. The pool already guarantees that one request at a time uses a
+connection, so this connection needs neither the lock nor a general state machine: it keeps
+one state (``IDLE``/``ACTIVE``/``CLOSED``) and parses with a few compiled regular expressions.
+
+What it accepts and refuses follows h11 (what httpcore, and so httpx, accept):
+
+* request: method and target must be tokens/visible characters, header names tokens, header
+  values without control characters or surrounding whitespace, a ``Host`` header required;
+  the body is framed by the request's ``Content-Length`` or ``Transfer-Encoding: chunked``
+  (httpx sets one of them), and a body longer than its ``Content-Length`` is refused;
+* response: ``HTTP/1.x`` status line, lines ending in CRLF or a bare LF, obsolete line folding
+  joined with a space, a header block of at most :data:`MAX_HEAD_SIZE` bytes, informational
+  (1xx) responses skipped, framing by ``Transfer-Encoding: chunked`` (trailers read and
+  dropped), ``Content-Length`` (equal duplicates allowed), or the end of the connection;
+* the connection is kept alive unless either side said ``Connection: close``, the response
+  is HTTP/1.0, or its body ran to the end of the connection;
+* a ``101 Switching Protocols`` answer to an ``Upgrade`` request and a 2xx answer to
+  ``CONNECT`` hand over the stream in ``response.extensions["network_stream"]`` (with any
+  bytes already read in front of it); the connection is then out of HTTP and is not reused.
+
+Every response carries ``http_version``, ``reason_phrase`` and ``network_stream`` extensions
+as httpcore's do, and a request's ``trace`` extension receives httpcore's ``http11.*`` events.
+DEBUG logging goes to ``httpx_extensions.http11`` with the values of authentication headers
+replaced by ``[redacted]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+import typing
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpcore
+
+from ._network import AsyncioStream
+
+__all__ = ["MAX_HEAD_SIZE", "HTTP11Connection", "ResponseHead"]
+
+logger = logging.getLogger("httpx_extensions.http11")
+
+#: Largest response status line + header block accepted (h11's limit is 16 KiB; Negotiate
+#: headers carrying Kerberos tickets with large PACs can exceed that).
+MAX_HEAD_SIZE = 64 * 1024
+_READ_SIZE = 64 * 1024
+# A body up to this size goes out in the same write as the request head.
+_COALESCE_LIMIT = 64 * 1024
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_VALUE = rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+_TOKEN_RE = re.compile(_TOKEN)
+_VALUE_RE = re.compile(_VALUE)
+_TARGET_RE = re.compile(rb"[\x21-\x7e\x80-\xff]+")
+_STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+_HEADER_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+_HEAD_END_RE = re.compile(rb"\n\r?\n")
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+
+_REDACTED_HEADERS = frozenset(
+    {b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate"}
+)
+_NO_BODY_STATUS = frozenset({204, 304})
+
+# BROKEN: not reusable (mid-request failure, no keep-alive, upgraded) but its stream is open
+# until the pool closes it.
+_IDLE, _ACTIVE, _BROKEN, _CLOSED = "IDLE", "ACTIVE", "BROKEN", "CLOSED"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ResponseHead(typing.NamedTuple):
+    """What :meth:`HTTP11Connection.send` returns: the response without its body yet."""
+
+    status: int
+    reason: bytes
+    http_version: bytes
+    headers: Headers
+    stream: typing.AsyncIterable[bytes]
+    network_stream: httpcore.AsyncNetworkStream
+
+
+def _redact(headers: Headers) -> Headers:
+    return [(k, b"[redacted]" if k.lower() in _REDACTED_HEADERS else v) for k, v in headers]
+
+
+def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
+    values: list[bytes] = []
+    for key, value in headers:
+        if key.lower() == name:
+            values.extend(part.strip().lower() for part in value.split(b",") if part.strip())
+    return values
+
+
+class _Upgraded(httpcore.AsyncNetworkStream):
+    """A stream taken over by an upgrade or a tunnel; bytes already read come first."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream, leftover: bytes) -> None:
+        self._stream = stream
+        self._leftover = leftover
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._leftover:
+            data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
+            return data
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if self._leftover:
+            raise httpcore.ProxyError(
+                "the proxy sent data after its CONNECT response, before the TLS handshake"
+            )
+        return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class HTTP11Connection:
+    """An HTTP/1.1 connection on an open network stream, used by one request at a time.
+
+    Args:
+        origin: Where the stream goes (the proxy's origin for absolute-form requests).
+        stream: The connected (TCP, TLS, tunnelled) network stream; this object owns it.
+        keepalive_expiry: Seconds an idle connection stays usable, or None for no limit.
+    """
+
+    __slots__ = ("_buffer", "_expire_at", "_keepalive_expiry", "_origin", "_state", "_stream")
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        stream: httpcore.AsyncNetworkStream,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        self._origin = origin
+        self._stream = stream
+        self._keepalive_expiry = keepalive_expiry
+        self._state = _IDLE
+        self._expire_at: float | None = None
+        self._buffer = b""
+
+    def __repr__(self) -> str:
+        o = self._origin
+        return (
+            f"<HTTP11Connection [{o.scheme.decode()}://{o.host.decode()}:{o.port}, {self._state}]>"
+        )
+
+    # What the pool asks.
+
+    def is_idle(self) -> bool:
+        return self._state is _IDLE
+
+    def is_closed(self) -> bool:
+        return self._state is _CLOSED
+
+    def has_expired(self) -> bool:
+        """True when it must not take another request: expired, or closed by the server."""
+        if self._state is _CLOSED or self._state is _BROKEN:
+            return True
+        if self._expire_at is not None and time.monotonic() > self._expire_at:
+            return True
+        # An idle connection the server has written to (a close, or garbage) is finished.
+        if self._state is not _IDLE:
+            return False
+        stream = self._stream
+        if type(stream) is AsyncioStream:  # skip get_extra_info's dispatch on the hot path
+            return stream.is_readable()
+        return bool(stream.get_extra_info("is_readable"))
+
+    async def aclose(self) -> None:
+        self._state = _CLOSED
+        await self._stream.aclose()
+
+    # Sending.
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        """httpcore's connection interface, for callers that speak httpcore."""
+        head = await self.send(
+            request.method,
+            request.url.target,
+            request.headers,
+            request.stream,
+            request.extensions,
+        )
+        return httpcore.Response(
+            status=head.status,
+            headers=head.headers,
+            content=head.stream,
+            extensions={
+                "http_version": head.http_version,
+                "reason_phrase": head.reason,
+                "network_stream": head.network_stream,
+            },
+        )
+
+    async def send(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: typing.Iterable[bytes] | typing.AsyncIterable[bytes],
+        extensions: typing.Mapping[str, Any],
+    ) -> ResponseHead:
+        """Write one request and read its response head; the body streams from the result.
+
+        Raises:
+            httpcore.LocalProtocolError: the request cannot be written as valid HTTP/1.1.
+            httpcore.RemoteProtocolError: the server's answer is not valid HTTP/1.1.
+            httpcore.ReadError, WriteError, ReadTimeout, WriteTimeout: from the network.
+        """
+        if self._state is not _IDLE:
+            raise httpcore.ConnectionNotAvailable()
+        self._state = _ACTIVE
+        self._expire_at = None
+        timeouts = extensions.get("timeout") or {}
+        trace = extensions.get("trace")
+        if trace is not None or logger.isEnabledFor(logging.DEBUG):
+            return await self._send_traced(method, target, headers, body, timeouts, trace)
+        try:
+            head, close, framing = self._prepare(method, target, headers)
+            try:
+                await self._write_request(head, framing, body, timeouts.get("write"))
+            except httpcore.WriteError:
+                # A server may answer before it has read the body (401, 413) and close:
+                # read that answer; if there is none, the read fails and says so.
+                close = True
+            return await self._read_response(method, headers, close, timeouts.get("read"))
+        except BaseException:
+            # Mid-request: unusable. The pool closes it (shielded) when it gets it back.
+            self._state = _BROKEN
+            raise
+
+    async def _send_traced(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: typing.Iterable[bytes] | typing.AsyncIterable[bytes],
+        timeouts: typing.Mapping[str, Any],
+        trace: Any,
+    ) -> ResponseHead:
+        info = {"request": (method, target)}
+        try:
+            try:
+                async with _Event("send_request_headers", trace, info):
+                    head, close, framing = self._prepare(method, target, headers)
+                    await self._stream.write(head, timeouts.get("write"))
+                async with _Event("send_request_body", trace, info):
+                    await self._write_body(framing, body, timeouts.get("write"))
+            except httpcore.WriteError:
+                close = True  # as in send(): read the early answer if there is one
+            event = _Event("receive_response_headers", trace, info)
+            async with event:
+                response = await self._read_response(method, headers, close, timeouts.get("read"))
+                event.result = (
+                    response.http_version,
+                    response.status,
+                    response.reason,
+                    response.headers,
+                )
+        except BaseException:
+            # Mid-request: unusable. The pool closes it (shielded) when it gets it back.
+            self._state = _BROKEN
+            raise
+        return response._replace(stream=_TracedBody(response.stream, trace))
+
+    def _prepare(self, method: bytes, target: bytes, headers: Headers) -> tuple[bytes, bool, Any]:
+        """The request head as bytes, whether it asks to close, and its body framing."""
+        if not _TOKEN_RE.fullmatch(method):
+            raise httpcore.LocalProtocolError(f"Illegal request method {method!r}")
+        if not _TARGET_RE.fullmatch(target):
+            raise httpcore.LocalProtocolError(f"Illegal request target {target!r}")
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        append = parts.append
+        host = close = False
+        framing: int | bool | None = None  # Content-Length, True for chunked, None for none
+        for name, value in headers:
+            if not _TOKEN_RE.fullmatch(name):
+                raise httpcore.LocalProtocolError(f"Illegal header name {name!r}")
+            if not _VALUE_RE.fullmatch(value):
+                raise httpcore.LocalProtocolError(f"Illegal header value {value!r}")
+            lower = name.lower()
+            if lower == b"host":
+                host = True
+            elif lower == b"content-length":
+                if framing is not True:
+                    if not value.isdigit():
+                        raise httpcore.LocalProtocolError(f"Illegal Content-Length {value!r}")
+                    framing = int(value)
+            elif lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise httpcore.LocalProtocolError(
+                        f"Only Transfer-Encoding: chunked is supported, not {value!r}"
+                    )
+                framing = True
+            elif lower == b"connection" and b"close" in _split_tokens(value):
+                close = True
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        if not host:
+            raise httpcore.LocalProtocolError("Missing mandatory Host: header")
+        append(b"\r\n")
+        return b"".join(parts), close, framing
+
+    async def _write_request(
+        self,
+        head: bytes,
+        framing: int | bool | None,
+        body: typing.Iterable[bytes] | typing.AsyncIterable[bytes],
+        timeout: float | None,
+    ) -> None:
+        # A body held in memory (httpx's ByteStream is also a sync iterable) goes out with the
+        # head in one write: one syscall, and no small segment waiting on a delayed ACK.
+        if (framing is None or (framing is not True and framing <= _COALESCE_LIMIT)) and (
+            isinstance(body, typing.Iterable) and not isinstance(body, (bytes, str))
+        ):
+            data = b"".join(body)
+            expected = 0 if framing is None else framing
+            if len(data) != expected:
+                raise _length_mismatch(expected, len(data))
+            await self._stream.write(head + data, timeout)
+            return
+        await self._stream.write(head, timeout)
+        await self._write_body(framing, body, timeout)
+
+    async def _write_body(
+        self,
+        framing: int | bool | None,
+        body: typing.Iterable[bytes] | typing.AsyncIterable[bytes],
+        timeout: float | None,
+    ) -> None:
+        write = self._stream.write
+        if framing is True:
+            async for chunk in _aiter(body):
+                if chunk:
+                    await write(b"%x\r\n%b\r\n" % (len(chunk), chunk), timeout)
+            await write(b"0\r\n\r\n", timeout)
+            return
+        expected = framing or 0
+        sent = 0
+        async for chunk in _aiter(body):
+            sent += len(chunk)
+            if sent > expected:
+                raise _length_mismatch(expected, sent)
+            if chunk:
+                await write(chunk, timeout)
+        if sent != expected:
+            raise _length_mismatch(expected, sent)
+
+    # Receiving.
+
+    async def _read_response(
+        self, method: bytes, request_headers: Headers, close: bool, timeout: float | None
+    ) -> ResponseHead:
+        while True:
+            status, reason, version, headers = await self._read_head(timeout)
+            if status >= 200 or status == 101:
+                break
+            # 1xx (100 Continue, 103 Early Hints): informational, the real answer follows.
+        stream = self._stream
+        if (status == 101 and _comma_values(request_headers, b"upgrade")) or (
+            method == b"CONNECT" and 200 <= status < 300
+        ):
+            # The connection leaves HTTP: the caller gets the stream; closing the response
+            # closes it (as httpcore does), and it never carries another request.
+            self._state = _BROKEN
+            leftover, self._buffer = self._buffer, b""
+            upgraded = _Upgraded(stream, leftover)
+            return ResponseHead(status, reason, b"HTTP/" + version, headers, _Once(b""), upgraded)
+        if status == 101:
+            raise httpcore.RemoteProtocolError(
+                "Server sent 101 Switching Protocols to a request without Upgrade"
+            )
+
+        keep_alive = not close and version == b"1.1"
+        if keep_alive and b"close" in _comma_values(headers, b"connection"):
+            keep_alive = False
+        body: typing.AsyncIterable[bytes]
+        if method == b"HEAD" or status in _NO_BODY_STATUS:
+            self._done(keep_alive)
+            body = _Once(b"")
+        else:
+            encodings = _comma_values(headers, b"transfer-encoding")
+            if encodings:
+                if encodings != [b"chunked"]:
+                    raise httpcore.RemoteProtocolError(
+                        f"Unsupported Transfer-Encoding {b', '.join(encodings)!r}: only "
+                        "chunked is supported"
+                    )
+                body = self._chunked(keep_alive, timeout)
+            else:
+                lengths = _comma_values(headers, b"content-length")
+                if lengths:
+                    if len(set(lengths)) != 1 or not lengths[0].isdigit():
+                        raise httpcore.RemoteProtocolError(
+                            f"Invalid Content-Length {b', '.join(lengths)!r}"
+                        )
+                    length = int(lengths[0])
+                    if len(self._buffer) >= length:  # all here already: no reads to come
+                        data, self._buffer = self._buffer[:length], self._buffer[length:]
+                        self._done(keep_alive)
+                        body = _Once(data)
+                    else:
+                        body = self._fixed(length, keep_alive, timeout)
+                else:
+                    body = self._until_close(timeout)
+        return ResponseHead(status, reason, b"HTTP/" + version, headers, body, stream)
+
+    async def _read_head(self, timeout: float | None) -> tuple[int, bytes, bytes, Headers]:
+        buffer = self._buffer
+        match = _HEAD_END_RE.search(buffer)
+        while match is None:
+            if len(buffer) > MAX_HEAD_SIZE:
+                raise httpcore.RemoteProtocolError(
+                    f"Response head larger than {MAX_HEAD_SIZE} bytes"
+                )
+            data = await self._stream.read(_READ_SIZE, timeout)
+            if not data:
+                if buffer.strip():
+                    raise httpcore.RemoteProtocolError(
+                        "Server disconnected in the middle of the response head"
+                    )
+                raise httpcore.RemoteProtocolError(
+                    "Server disconnected without sending a response."
+                )
+            # Look again only from where a new line could have ended.
+            start = max(len(buffer) - 2, 0)
+            buffer += data
+            match = _HEAD_END_RE.search(buffer, start)
+        end = match.end()
+        if end > MAX_HEAD_SIZE + 4:
+            raise httpcore.RemoteProtocolError(f"Response head larger than {MAX_HEAD_SIZE} bytes")
+        raw, self._buffer = buffer[: match.start()], buffer[end:]
+        lines = raw.split(b"\n")
+        status_line = lines[0].rstrip(b"\r")
+        matched = _STATUS_LINE_RE.fullmatch(status_line)
+        if matched is None:
+            if not status_line.startswith(b"HTTP/"):
+                raise httpcore.RemoteProtocolError(
+                    f"Invalid status line {status_line[:100]!r}: the server did not answer "
+                    "with HTTP/1.x"
+                )
+            raise httpcore.RemoteProtocolError(f"Invalid status line {status_line[:100]!r}")
+        version, status, reason = matched.groups()
+        headers: Headers = []
+        for line in lines[1:]:
+            line = line.rstrip(b"\r")
+            if line[:1] in (b" ", b"\t"):  # obsolete line folding
+                if not headers:
+                    raise httpcore.RemoteProtocolError("Response head starts with a folded line")
+                name, value = headers[-1]
+                folded = line.strip(b" \t")
+                headers[-1] = (name, value + b" " + folded if value else folded)
+                continue
+            header = _HEADER_LINE_RE.fullmatch(line)
+            if header is None:
+                raise httpcore.RemoteProtocolError(f"Invalid header line {line[:100]!r}")
+            headers.append((header[1], header[2]))
+        return int(status), reason or b"", version, headers
+
+    async def _fill(self, timeout: float | None) -> bool:
+        data = await self._stream.read(_READ_SIZE, timeout)
+        if data:
+            self._buffer += data
+            return True
+        return False
+
+    async def _fixed(
+        self, length: int, keep_alive: bool, timeout: float | None
+    ) -> AsyncIterator[bytes]:
+        remaining = length
+        while remaining:
+            if not self._buffer and not await self._fill(timeout):
+                raise httpcore.RemoteProtocolError(
+                    f"Server disconnected with {remaining} of {length} body bytes unread "
+                    "(peer closed connection without sending complete message body)"
+                )
+            buffer = self._buffer
+            if len(buffer) <= remaining:
+                self._buffer = b""
+                remaining -= len(buffer)
+                if not remaining:
+                    self._done(keep_alive)
+                yield buffer
+            else:
+                self._buffer = buffer[remaining:]
+                chunk = buffer[:remaining]
+                remaining = 0
+                self._done(keep_alive)
+                yield chunk
+        if not length:
+            self._done(keep_alive)
+
+    async def _chunked(self, keep_alive: bool, timeout: float | None) -> AsyncIterator[bytes]:
+        # Parsed at an offset into the received bytes: slicing the rest off after every
+        # chunk would copy the buffer once per chunk (quadratic for many small chunks).
+        buf, pos = self._buffer, 0
+        read = self._stream.read
+
+        async def line(what: str) -> bytes:
+            nonlocal buf, pos
+            while (end := buf.find(b"\n", pos)) < 0:
+                if len(buf) - pos > MAX_HEAD_SIZE:
+                    raise httpcore.RemoteProtocolError(f"Response {what} line too long")
+                data = await read(_READ_SIZE, timeout)
+                if not data:
+                    raise httpcore.RemoteProtocolError(
+                        f"Server disconnected while sending the {what} "
+                        "(peer closed connection without sending complete message body)"
+                    )
+                buf, pos = buf[pos:] + data, 0
+            text, pos = buf[pos:end], end + 1
+            return text.rstrip(b"\r")
+
+        while True:
+            size_line = await line("chunk size")
+            matched = _CHUNK_SIZE_RE.fullmatch(size_line)
+            if matched is None:
+                raise httpcore.RemoteProtocolError(f"Invalid chunk size line {size_line[:100]!r}")
+            remaining = int(matched[1], 16)
+            if remaining == 0:
+                break
+            while remaining:
+                if pos >= len(buf):
+                    buf, pos = await read(_READ_SIZE, timeout), 0
+                    if not buf:
+                        raise httpcore.RemoteProtocolError(
+                            "Server disconnected in the middle of a chunk "
+                            "(peer closed connection without sending complete message body)"
+                        )
+                end = min(pos + remaining, len(buf))
+                chunk = buf[pos:end]
+                remaining -= end - pos
+                pos = end
+                yield chunk
+            if await line("chunk end"):
+                raise httpcore.RemoteProtocolError("Chunk data longer than its declared size")
+        while await line("trailer"):  # trailers: read and dropped
+            pass
+        self._buffer = buf[pos:]
+        self._done(keep_alive)
+
+    async def _until_close(self, timeout: float | None) -> AsyncIterator[bytes]:
+        while True:
+            if self._buffer:
+                chunk, self._buffer = self._buffer, b""
+                yield chunk
+            if not await self._fill(timeout):
+                break
+        self._done(keep_alive=False)
+
+    def _done(self, keep_alive: bool) -> None:
+        """The response has been read to its end."""
+        if self._state is not _ACTIVE:
+            return
+        if not keep_alive or self._buffer:
+            # Bytes after the end of a response were not asked for: the stream is unusable.
+            self._state = _BROKEN
+            return
+        self._state = _IDLE
+        if self._keepalive_expiry is not None:
+            self._expire_at = time.monotonic() + self._keepalive_expiry
+
+
+def _split_tokens(value: bytes) -> list[bytes]:
+    return [part.strip().lower() for part in value.split(b",")]
+
+
+def _length_mismatch(expected: int, actual: int) -> httpcore.LocalProtocolError:
+    return httpcore.LocalProtocolError(
+        f"Request body is {actual} bytes long where its Content-Length says {expected}"
+        if actual > expected
+        else f"Request body ended after {actual} of the {expected} bytes of its Content-Length"
+    )
+
+
+async def _aiter(
+    body: typing.Iterable[bytes] | typing.AsyncIterable[bytes],
+) -> AsyncIterator[bytes]:
+    if isinstance(body, typing.AsyncIterable):
+        async for chunk in body:
+            yield chunk
+    else:
+        for chunk in body:
+            yield chunk
+
+
+class _Once:
+    """A body that is already in memory: one chunk (none when empty)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data or None
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = self._data
+        if data is None:
+            raise StopAsyncIteration
+        self._data = None
+        return data
+
+
+class _Event:
+    """httpcore-style trace events (``http11.<name>.started/complete/failed``) and DEBUG logs."""
+
+    __slots__ = ("info", "name", "result", "trace")
+
+    def __init__(self, name: str, trace: Any, info: dict[str, Any]) -> None:
+        self.name = name
+        self.trace = trace
+        self.info = info
+        self.result: Any = None
+
+    async def _emit(self, event: str, info: dict[str, Any]) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s.%s %s", self.name, event, _loggable(info))
+        if self.trace is not None:
+            await self.trace(f"http11.{self.name}.{event}", info)
+
+    async def __aenter__(self) -> _Event:
+        await self._emit("started", self.info)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            await self._emit("complete", {"return_value": self.result})
+        else:
+            await self._emit("failed", {"exception": exc})
+
+
+def _loggable(info: dict[str, Any]) -> str:
+    # As httpcore's trace logs, but authentication header values never reach a log.
+    parts = []
+    for key, value in info.items():
+        if key == "return_value" and isinstance(value, tuple) and len(value) == 4:
+            value = (*value[:3], _redact(value[3]))
+        parts.append(f"{key}={value!r}")
+    return " ".join(parts)
+
+
+class _TracedBody:
+    """Wraps a response body with ``receive_response_body`` trace events."""
+
+    def __init__(self, body: typing.AsyncIterable[bytes], trace: Any) -> None:
+        self._body = body
+        self._trace = trace
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async with _Event("receive_response_body", self._trace, {}):
+            async for chunk in self._body:
+                yield chunk
+
+    async def aclose(self) -> None:
+        async with _Event("response_closed", self._trace, {}):
+            aclose = getattr(self._body, "aclose", None)
+            if aclose is not None:
+                await aclose()
