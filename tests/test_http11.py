@@ -849,7 +849,7 @@ async def test_http11_large_upload_answered_early_returns_the_answer(
 
 @_ABANDONED_BODY
 async def test_http11_upload_reset_after_early_answer_returns_the_answer(
-    serve: Callable[..., ScriptedServer], anyio_backend: str, request: pytest.FixtureRequest
+    serve: Callable[..., ScriptedServer],
 ) -> None:
     # The server answers after the head and closes at once; the body bytes it left unread
     # make its kernel send a reset. The kernel keeps the 413 readable for the client.
