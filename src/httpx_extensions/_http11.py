@@ -38,6 +38,7 @@ import typing
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.lowlevel
 import httpcore
 
 from ._network import AsyncioStream
@@ -46,9 +47,9 @@ __all__ = ["MAX_HEAD_SIZE", "HTTP11Connection", "ResponseHead"]
 
 logger = logging.getLogger("httpx_extensions.http11")
 
-#: Largest response status line + header block accepted (h11's limit is 16 KiB; Negotiate
-#: headers carrying Kerberos tickets with large PACs can exceed that).
-MAX_HEAD_SIZE = 64 * 1024
+#: Largest response status line + header block accepted: httpcore's limit (it raises h11's
+#: 16 KiB default to this), so what stock httpx accepts, ExClient accepts.
+MAX_HEAD_SIZE = 100 * 1024
 _READ_SIZE = 64 * 1024
 # A body up to this size goes out in the same write as the request head.
 _COALESCE_LIMIT = 64 * 1024
@@ -62,6 +63,8 @@ _STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-
 _HEADER_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+
+_checkpoint = anyio.lowlevel.checkpoint
 
 _REDACTED_HEADERS = frozenset(
     {b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate"}
@@ -88,6 +91,10 @@ class ResponseHead(typing.NamedTuple):
 
 def _redact(headers: Headers) -> Headers:
     return [(k, b"[redacted]" if k.lower() in _REDACTED_HEADERS else v) for k, v in headers]
+
+
+def _has(headers: Headers, name: bytes) -> bool:
+    return any(key.lower() == name for key, _ in headers)
 
 
 def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
@@ -257,7 +264,14 @@ class HTTP11Connection:
         timeouts: typing.Mapping[str, Any],
         trace: Any,
     ) -> ResponseHead:
-        info = {"request": (method, target)}
+        origin = self._origin
+        # httpcore's trace callbacks get its Request; built here only, off the fast path.
+        request = httpcore.Request(
+            method,
+            httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target),
+            headers=headers,
+        )
+        info = {"request": request}
         try:
             try:
                 async with _Event("send_request_headers", trace, info):
@@ -280,7 +294,7 @@ class HTTP11Connection:
             # Mid-request: unusable. The pool closes it (shielded) when it gets it back.
             self._state = _BROKEN
             raise
-        return response._replace(stream=_TracedBody(response.stream, trace))
+        return response._replace(stream=_TracedBody(response.stream, trace, info))
 
     def _prepare(self, method: bytes, target: bytes, headers: Headers) -> tuple[bytes, bool, Any]:
         """The request head as bytes, whether it asks to close, and its body framing."""
@@ -295,16 +309,24 @@ class HTTP11Connection:
         for name, value in headers:
             if not _TOKEN_RE.fullmatch(name):
                 raise httpcore.LocalProtocolError(f"Illegal header name {name!r}")
-            if not _VALUE_RE.fullmatch(value):
-                raise httpcore.LocalProtocolError(f"Illegal header value {value!r}")
             lower = name.lower()
+            if not _VALUE_RE.fullmatch(value):
+                if lower in _REDACTED_HEADERS:  # never echo a credential into logs
+                    raise httpcore.LocalProtocolError(
+                        f"Illegal {name.decode('ascii')} header value (control characters or "
+                        "surrounding whitespace; value not shown)"
+                    )
+                raise httpcore.LocalProtocolError(f"Illegal header value {value!r}")
             if lower == b"host":
                 host = True
             elif lower == b"content-length":
-                if framing is not True:
-                    if not value.isdigit():
-                        raise httpcore.LocalProtocolError(f"Illegal Content-Length {value!r}")
-                    framing = int(value)
+                lengths = {part.strip() for part in value.split(b",")}
+                if len(lengths) != 1 or not (length := lengths.pop()).isdigit():
+                    raise httpcore.LocalProtocolError(f"Illegal Content-Length {value!r}")
+                if framing is None:
+                    framing = int(length)
+                elif framing is not True and framing != int(length):
+                    raise httpcore.LocalProtocolError("Conflicting Content-Length headers")
             elif lower == b"transfer-encoding":
                 if value.strip().lower() != b"chunked":
                     raise httpcore.LocalProtocolError(
@@ -350,21 +372,35 @@ class HTTP11Connection:
         timeout: float | None,
     ) -> None:
         write = self._stream.write
-        if framing is True:
-            async for chunk in _aiter(body):
+        expected = 0 if framing is None or framing is True else framing
+        sent = 0
+
+        async def emit(chunk: bytes) -> None:
+            nonlocal sent
+            if framing is True:
                 if chunk:
                     await write(b"%x\r\n%b\r\n" % (len(chunk), chunk), timeout)
+            else:
+                sent += len(chunk)
+                if sent > expected:
+                    raise _length_mismatch(expected, sent)
+                if chunk:
+                    await write(chunk, timeout)
+            # Let the loop run between parts (cancellation, other requests): a body source
+            # that never awaits would otherwise hold it for the whole upload.
+            await _checkpoint()
+
+        # Iterated directly, not through a wrapper generator: an exception here must close
+        # the caller's async generator now, not leave it to the garbage collector.
+        if isinstance(body, typing.AsyncIterable):
+            async for chunk in body:
+                await emit(chunk)
+        else:
+            for chunk in body:
+                await emit(chunk)
+        if framing is True:
             await write(b"0\r\n\r\n", timeout)
-            return
-        expected = framing or 0
-        sent = 0
-        async for chunk in _aiter(body):
-            sent += len(chunk)
-            if sent > expected:
-                raise _length_mismatch(expected, sent)
-            if chunk:
-                await write(chunk, timeout)
-        if sent != expected:
+        elif sent != expected:
             raise _length_mismatch(expected, sent)
 
     # Receiving.
@@ -374,6 +410,8 @@ class HTTP11Connection:
     ) -> ResponseHead:
         while True:
             status, reason, version, headers = await self._read_head(timeout)
+            if status < 100:
+                raise httpcore.RemoteProtocolError(f"Invalid status code {status:03d}")
             if status >= 200 or status == 101:
                 break
             # 1xx (100 Continue, 103 Early Hints): informational, the real answer follows.
@@ -401,6 +439,8 @@ class HTTP11Connection:
             body = _Once(b"")
         else:
             encodings = _comma_values(headers, b"transfer-encoding")
+            if not encodings and _has(headers, b"transfer-encoding"):
+                raise httpcore.RemoteProtocolError("Empty Transfer-Encoding header")
             if encodings:
                 if encodings != [b"chunked"]:
                     raise httpcore.RemoteProtocolError(
@@ -410,6 +450,8 @@ class HTTP11Connection:
                 body = self._chunked(keep_alive, timeout)
             else:
                 lengths = _comma_values(headers, b"content-length")
+                if not lengths and _has(headers, b"content-length"):
+                    raise httpcore.RemoteProtocolError("Empty Content-Length header")
                 if lengths:
                     if len(set(lengths)) != 1 or not lengths[0].isdigit():
                         raise httpcore.RemoteProtocolError(
@@ -470,7 +512,10 @@ class HTTP11Connection:
                     raise httpcore.RemoteProtocolError("Response head starts with a folded line")
                 name, value = headers[-1]
                 folded = line.strip(b" \t")
-                headers[-1] = (name, value + b" " + folded if value else folded)
+                if not _VALUE_RE.fullmatch(folded):
+                    raise httpcore.RemoteProtocolError(f"Invalid folded header line {line[:100]!r}")
+                if folded:
+                    headers[-1] = (name, value + b" " + folded if value else folded)
                 continue
             header = _HEADER_LINE_RE.fullmatch(line)
             if header is None:
@@ -594,17 +639,6 @@ def _length_mismatch(expected: int, actual: int) -> httpcore.LocalProtocolError:
     )
 
 
-async def _aiter(
-    body: typing.Iterable[bytes] | typing.AsyncIterable[bytes],
-) -> AsyncIterator[bytes]:
-    if isinstance(body, typing.AsyncIterable):
-        async for chunk in body:
-            yield chunk
-    else:
-        for chunk in body:
-            yield chunk
-
-
 class _Once:
     """A body that is already in memory: one chunk (none when empty)."""
 
@@ -665,17 +699,18 @@ def _loggable(info: dict[str, Any]) -> str:
 class _TracedBody:
     """Wraps a response body with ``receive_response_body`` trace events."""
 
-    def __init__(self, body: typing.AsyncIterable[bytes], trace: Any) -> None:
+    def __init__(self, body: typing.AsyncIterable[bytes], trace: Any, info: dict[str, Any]) -> None:
         self._body = body
         self._trace = trace
+        self._info = info
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async with _Event("receive_response_body", self._trace, {}):
+        async with _Event("receive_response_body", self._trace, self._info):
             async for chunk in self._body:
                 yield chunk
 
     async def aclose(self) -> None:
-        async with _Event("response_closed", self._trace, {}):
+        async with _Event("response_closed", self._trace, self._info):
             aclose = getattr(self._body, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -73,11 +73,36 @@ class _Protocol(asyncio.Protocol):
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._read_what_is_left()
         self.eof = True
         self.error = exc
         self._wake_reader()
         self.paused = False
         self._wake(self.drain_waiter)
+
+    def _read_what_is_left(self) -> None:
+        # A write failed (a reset: the server answered early, e.g. 401 or 413, and closed
+        # without reading the body). asyncio closes the socket after this call although the
+        # kernel may still hold the server's answer: read it while the socket is open, so
+        # the answer is returned rather than the write error. Plain TCP only: under TLS the
+        # bytes would need decrypting.
+        transport = self.transport
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            with sock.dup() as dup:
+                dup.setblocking(False)
+                while len(self.buffer) < _HIGH_WATER:
+                    data = dup.recv(_LOW_WATER)
+                    if not data:
+                        break
+                    self.buffer += data
+        except OSError:
+            pass
 
     def pause_writing(self) -> None:
         self.paused = True

@@ -210,11 +210,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                     "Using a SOCKS proxy, but the 'socksio' package is not installed. "
                     "Install it with `pip install httpx-extensions[socks]`."
                 ) from None
-        elif scheme not in ("http", "https"):
-            raise UnsupportedConfiguration(
-                f"Proxy scheme {scheme!r} is not supported; use http://, https://, socks5:// "
-                "or socks5h://."
-            )
+        # Other schemes never get here: httpx.Proxy refuses them with a ValueError.
         self._proxy = proxy
         url = proxy.url
         self._socks = scheme.startswith("socks")
