@@ -70,6 +70,13 @@ for _name in ("httpcore.http11", "httpcore.proxy"):
     if not any(isinstance(f, _RedactAuthHeaders) for f in _trace_logger.filters):
         _trace_logger.addFilter(_RedactAuthHeaders())
 
+# Private diagnostic hook (used by ``httpx-extensions probe``): a request whose extensions
+# hold a list under this key gets one dict appended per step of its handshake: the scheme
+# chosen, the SPN, whether channel binding was sent, each exchange's status, conn_id and token
+# sizes, the mechanism that completed. Never a token or a header value. Without the key a flow
+# costs one dict lookup and a few `is None` tests, and records nothing.
+_AUTH_TRACE = "httpx_extensions.auth_trace"
+
 # How many authenticated conn_ids an auth remembers, to notice a server re-challenging them.
 _REMEMBERED_CONNECTIONS = 4096
 # How many NTLM template contexts (one per SPN host and channel binding) an auth keeps.
@@ -214,6 +221,7 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         # A streamed body is read into memory so that the final leg can send it again.
         await request.aread()
         request.extensions[PARTITION] = self._partition
+        trace: list[dict[str, object]] | None = request.extensions.get(_AUTH_TRACE)
         origin = _origin(request.url)
         bindings: object | None = None
         conn_id: int | None = None
@@ -223,8 +231,12 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             # Preemptive: this server challenges every request. (Not on HTTPS with channel
             # binding: the binding needs the certificate of a connection we do not have yet.)
             scheme, protocol = self._preemptive_choice()
+            if trace is not None:
+                trace.append({"event": "choice", "scheme": scheme, "preemptive": True})
         else:
             response = yield request
+            if trace is not None:
+                trace.append(_exchange_record(response, None, b"", None))
             if response.status_code != 401:
                 if response.status_code < 400:
                     self._remember(response)
@@ -235,10 +247,23 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 logger.debug("%s challenged an authenticated connection: going preemptive", origin)
             choice = self._choose(_offered(response))
             if choice is None:
+                if trace is not None:
+                    trace.append({"event": "no_scheme"})
                 return  # none of our schemes offered: the 401 is the answer
             scheme, protocol = choice
+            if trace is not None:
+                trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
             if self._channel_binding:
                 bindings = _channel_bindings(response)
+        if trace is not None:
+            trace.append(
+                {
+                    "event": "context",
+                    "protocol": protocol,
+                    "spn": f"{self._service}/{self._hostname or request.url.host}",
+                    "channel_binding": bindings is not None,
+                }
+            )
         context = await self._new_context(protocol, request, bindings)
         token = await self._step(context, None, scheme, request)
         first = True
@@ -257,15 +282,27 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             conn_id = response.extensions.get(CONN_ID)
             offered = _offered(response)
             in_token = offered.get(scheme.lower())
+            if trace is not None:
+                trace.append(_exchange_record(response, scheme, token, in_token))
             if response.status_code != 401:
                 if in_token and not context.complete:
                     # Mutual authentication: the server's last token proves who it is.
                     await self._step(context, in_token, scheme, request)
+                if trace is not None:
+                    trace.append(
+                        {
+                            "event": "done",
+                            "complete": context.complete,
+                            "mechanism": _mechanism(context),
+                        }
+                    )
                 if response.status_code < 400:
                     self._remember(response)
                 return
             if in_token is None or context.complete:
                 logger.debug("%s credentials rejected by %s", scheme, origin)
+                if trace is not None:
+                    trace.append({"event": "rejected", "mechanism": _mechanism(context)})
                 return  # a rejected login: the final 401 is returned, once
             token = await self._step(context, in_token, scheme, request)
         raise AuthenticationError(
@@ -393,11 +430,33 @@ def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
 
+def _mechanism(context: spnego.ContextProxy) -> str | None:
+    """The mechanism a context negotiated ("ntlm", "kerberos"), None while not yet known."""
+    try:
+        return context.negotiated_protocol
+    except Exception:  # not negotiated yet
+        return None
+
+
 def _is_ntlm(context: spnego.ContextProxy) -> bool:
     try:
         return context.negotiated_protocol == "ntlm"
     except Exception:  # not negotiated yet
         return False
+
+
+def _exchange_record(
+    response: httpx.Response, scheme: str | None, sent: bytes | None, received: bytes | None
+) -> dict[str, object]:
+    """An auth trace entry for one exchange: sizes of the tokens, never the tokens."""
+    return {
+        "event": "exchange",
+        "scheme": scheme,
+        "sent_bytes": len(sent or b""),
+        "status": response.status_code,
+        "conn_id": response.extensions.get(CONN_ID),
+        "received_bytes": len(received or b""),
+    }
 
 
 class NTLMAuth(_SpnegoAuth):

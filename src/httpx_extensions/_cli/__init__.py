@@ -1,0 +1,41 @@
+"""The ``httpx-extensions`` command line: ``demo`` and ``probe`` (see ``docs/cli.md``).
+
+It needs click and rich, which the library itself does not: they come with the ``cli``
+extra (``pip install 'httpx-extensions[cli]'``). This module imports neither, so that the
+console script can say so instead of failing with a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# Top-level packages of the cli extra (and the ones they need at import time).
+_EXTRA_PACKAGES = frozenset({"click", "rich", "markdown_it", "mdurl", "pygments"})
+
+
+def main(argv: Sequence[str] | None = None, *, prog_name: str = "httpx-extensions") -> int:
+    """Run the command line.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        prog_name: The name to show in usage and help text.
+
+    Returns:
+        1 when the ``cli`` extra is missing; otherwise click exits the process with the
+        command's own status (0 success, 1 failure, 2 usage error).
+    """
+    try:
+        from ._app import cli
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in _EXTRA_PACKAGES:
+            raise
+        sys.stderr.write(
+            f"{prog_name}: the command line needs the 'cli' extra ({exc.name} is not "
+            "installed). Install it with:\n\n"
+            "    pip install 'httpx-extensions[cli]'\n"
+        )
+        return 1
+    return int(cli.main(args=None if argv is None else list(argv), prog_name=prog_name) or 0)
