@@ -89,8 +89,10 @@ class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
     chained as ``__cause__``). The message names the scheme and what went wrong.
 
     A login the *server* rejects (wrong NTLM password) is not an error: the final 401 is
-    returned, once. With Kerberos and an explicit password, the KDC refuses a wrong password
-    before anything is sent, and that is an AuthenticationError.
+    returned, once. With Kerberos only (``NegotiateAuth(..., allow_ntlm=False)``) and an
+    explicit password, the KDC refuses a wrong password before anything is sent, and that is
+    an AuthenticationError; with NTLM allowed, SPNEGO falls back to NTLM and the server's
+    final 401 is returned.
     """
 
     def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
