@@ -325,3 +325,17 @@ async def test_auth_wrong_channel_binding_is_rejected(
         response = await client.get(iis_https.url + "/", auth=NTLMAuth(*ALICE))
         assert response.status_code == 401
         assert [r.channel_binding for r in iis_https.log if r.ntlm_message == 3] == ["mismatch"]
+
+
+async def test_auth_cookie_set_by_a_challenge_goes_with_the_next_leg(user_file: Path) -> None:
+    # IIS ARR / F5 cookie affinity: each 401 sets the cookie of the server holding the
+    # handshake, and the next leg must send it back. httpx builds the Cookie header once per
+    # request, so without the auth carrying it over every handshake would be refused.
+    auth = NTLMAuth(*ALICE)
+    with IISLikeServer(user_file=user_file, affinity_cookie="ARRAffinity") as srv:
+        async with ExClient(limits=httpx.Limits(max_connections=5), timeout=30) as client:
+            responses = await run_many(100, 20, lambda: client.get(srv.url, auth=auth))
+            assert_pool_clean(client)
+        assert [r.status_code for r in responses] == [200] * 100
+        assert [r.error for r in srv.log if r.error] == []
+        assert srv.handshakes_completed == srv.connections_opened <= 5

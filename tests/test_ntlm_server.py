@@ -748,3 +748,23 @@ async def test_async_clients_on_both_backends(iis: IISLikeServer) -> None:
         later = await client.get(iis.url)
         assert later.json()["conn"] == int(leg1.headers["x-conn-seq"])
         assert later.json()["handshake"] is False
+
+
+def test_affinity_cookie_set_on_401_and_required_on_the_next_leg(
+    user_file: Path, client: httpx.Client
+) -> None:
+    with IISLikeServer(user_file=user_file, affinity_cookie="ARRAffinity") as srv:
+        # The client's jar sends back what each 401 set: the handshake completes.
+        assert handshake(client, srv.url).status_code == 200
+
+        # A leg without the cookie is refused, as a farm's balancer would send it elsewhere.
+        client.cookies.clear()
+        context = initiator(*ALICE)
+        first = client.get(srv.url, headers=auth_header("NTLM", context.step()))
+        assert first.status_code == 401
+        assert first.headers["set-cookie"].startswith("ARRAffinity=conn-")
+        client.cookies.clear()
+        type3 = context.step(server_token(first, "NTLM"))
+        final = client.get(srv.url, headers=auth_header("NTLM", type3))
+        assert final.status_code == 401
+        assert srv.log[-1].error == "handshake leg without the ARRAffinity cookie"

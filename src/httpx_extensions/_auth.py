@@ -253,6 +253,7 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                     trace.append({"event": "no_scheme"})
                 return  # none of our schemes offered: the 401 is the answer
             scheme, protocol = choice
+            _carry_cookies(request, response)
             if trace is not None:
                 trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
             if self._channel_binding:
@@ -306,6 +307,7 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 if trace is not None:
                     trace.append({"event": "rejected", "mechanism": _mechanism(context)})
                 return  # a rejected login: the final 401 is returned, once
+            _carry_cookies(request, response)
             token = await self._step(context, in_token, scheme, request)
         raise AuthenticationError(
             f"{scheme} handshake with {origin} did not finish after 8 legs", request=request
@@ -430,6 +432,34 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
 
 def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
+def _carry_cookies(request: httpx.Request, response: httpx.Response) -> None:
+    """Cookies a challenge sets go out with the next leg of the handshake.
+
+    httpx builds a request's ``Cookie`` header once, so the legs of an auth flow would not
+    carry cookies set by a 401. A load balancer with cookie affinity (IIS ARR, F5) sets one
+    on the first 401 and needs it on the next leg to reach the server holding the handshake.
+    """
+    if "set-cookie" not in response.headers:
+        return
+    jar = httpx.Cookies()
+    jar.extract_cookies(response)
+    fresh = httpx.Request(request.method, request.url)
+    jar.set_cookie_header(fresh)  # only what applies to this URL (domain, path, secure)
+    added = fresh.headers.get("Cookie")
+    if not added:
+        return
+    pairs: dict[str, str | None] = {}
+    for header in (request.headers.get("Cookie"), added):
+        for part in (header or "").split(";"):
+            name, sep, value = part.strip().partition("=")
+            if name:
+                # A cookie set by the challenge replaces an older value of the same name.
+                pairs[name] = value if sep else None
+    request.headers["Cookie"] = "; ".join(
+        name if value is None else f"{name}={value}" for name, value in pairs.items()
+    )
 
 
 def _mechanism(context: spnego.ContextProxy) -> str | None:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import ssl
 import struct
 import threading
@@ -496,6 +497,10 @@ class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
             auth.context = spnego.server(protocol=self.scheme.lower())
         elif auth.context is None or auth.scheme != self.scheme:
             raise _Rejected("no handshake in progress on this connection for this scheme")
+        elif server.affinity_cookie is not None and not self.has_affinity():
+            # Without the cookie a farm's balancer may send the leg to another server, which
+            # knows nothing of this handshake.
+            raise _Rejected(f"handshake leg without the {server.affinity_cookie} cookie")
 
         bindings = None
         if self.ntlm_message == 3:
@@ -529,6 +534,14 @@ class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
                     raise _Rejected("Kerberos authenticator carries no channel binding")
         return out_token
 
+    def affinity_value(self) -> str:
+        return f"conn-{self.seq}"
+
+    def has_affinity(self) -> bool:
+        cookies = self.header(b"cookie") or ""
+        wanted = f"{self.server.affinity_cookie}={self.affinity_value()}"
+        return any(part.strip() == wanted for part in cookies.split(";"))
+
     def diagnose_binding(self, sent: bytes | None) -> str:
         if sent is None:
             return "none"
@@ -551,6 +564,9 @@ class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
             assert self.scheme is not None
             value = f"{self.scheme} {base64.b64encode(challenge).decode()}"
             headers = [(b"WWW-Authenticate", value.encode())]
+        if self.server.affinity_cookie is not None:
+            cookie = f"{self.server.affinity_cookie}={self.affinity_value()}; Path=/; HttpOnly"
+            headers.append((b"Set-Cookie", cookie.encode()))
         await self.reply(
             401, _UNAUTHORIZED_BODY, b"text/html", headers, user=None, handshake=False, close=close
         )
@@ -667,6 +683,10 @@ class IISLikeServer(KeepAliveServer[NTLMRequestRecord, _ConnectionAuth]):
             server's certificate. Needs ``ssl_context``.
         idle_timeout: Close a keep-alive connection idle for this many seconds (None: keep
             it open until the client closes it).
+        affinity_cookie: Behave like a load balancer with cookie affinity in front of a
+            farm (IIS ARR, F5): every 401 sets this cookie (``Set-Cookie: <name>=<id>``),
+            and a handshake leg that does not send it back is rejected, as it would have
+            reached another server of the farm. None (default): no cookies.
         host: The address to listen on. Keep it on loopback (``127.0.0.1``, ``::1``): this
             server is for tests.
 
@@ -694,6 +714,7 @@ class IISLikeServer(KeepAliveServer[NTLMRequestRecord, _ConnectionAuth]):
         auth_per_request: bool = False,
         require_channel_binding: bool = False,
         idle_timeout: float | None = None,
+        affinity_cookie: str | None = None,
         host: str = "127.0.0.1",
     ) -> None:
         super().__init__(
@@ -712,6 +733,9 @@ class IISLikeServer(KeepAliveServer[NTLMRequestRecord, _ConnectionAuth]):
             raise FileNotFoundError(f"user file {self.user_file} does not exist")
         self.schemes = tuple(known[s.lower()] for s in schemes)
         self.require_channel_binding = require_channel_binding
+        if affinity_cookie is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", affinity_cookie):
+            raise ValueError(f"affinity_cookie {affinity_cookie!r} is not a plain cookie name")
+        self.affinity_cookie = affinity_cookie
         #: DER of the certificate the server presents (HTTPS only, else None).
         self.certificate_der: bytes | None = None
         #: The ``tls-server-end-point`` bindings a client must send (HTTPS only).
