@@ -14,8 +14,6 @@ connections above it are httpcore's own.
 from __future__ import annotations
 
 import asyncio
-import select
-import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -28,19 +26,6 @@ __all__ = ["AsyncioBackend"]
 # faster than the caller consumes it); resume below the low mark.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
-
-
-def _readable(sock: socket.socket) -> bool:
-    # Poll without blocking: an idle keep-alive socket that is readable has been closed (or
-    # sent garbage) by the server, so it must not be reused.
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - Windows
-    except (OSError, ValueError):
-        return True
 
 
 class _Protocol(asyncio.Protocol):
@@ -244,13 +229,14 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         return None
 
     def is_readable(self) -> bool:
-        """True when the server has sent something (or closed) since the last read."""
-        protocol = self._protocol
-        transport = self._transport
-        if protocol.buffer or protocol.eof or transport.is_closing():
-            return True
-        sock = transport.get_extra_info("socket")
-        return sock is not None and _readable(sock)
+        """True when the server has sent something (or closed) since the last read.
+
+        Asks the protocol, not the socket: the loop polls every socket on each iteration and
+        reports data, EOF and errors to the protocol, so a poll() here would only catch what
+        arrived during this iteration, at the price of a system call per check (aiohttp
+        does not make it either).
+        """
+        return bool(self._protocol.buffer or self._protocol.eof or self._transport.is_closing())
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
