@@ -11,6 +11,7 @@ Private: the public face is :mod:`httpx_extensions.testing`. The project's own t
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -165,7 +166,7 @@ class H11Stream:
         await self.writer.drain()
 
 
-class ThreadedLoopbackBase:
+class ThreadedLoopbackBase(abc.ABC):
     """Lifecycle shared by the test servers: an asyncio server in a daemon thread.
 
     Subclasses implement :meth:`_handle` for one accepted connection.  ``stop()``
@@ -378,13 +379,14 @@ class ThreadedLoopbackBase:
             with self._lock:
                 self._open_connections -= 1
 
-    def _connection_opened(self, seq: int) -> None:
+    def _connection_opened(self, seq: int) -> None:  # noqa: B027 - optional hook
         """Hook for subclasses that track per-connection state."""
 
+    @abc.abstractmethod
     async def _handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seq: int
     ) -> None:
-        raise NotImplementedError  # pragma: no cover - every server defines it
+        """Serve one accepted connection (each server defines it)."""
 
     def _report(self, exc: BaseException) -> None:
         """Record and print a genuine server bug; disconnects never get here."""
@@ -473,7 +475,7 @@ class KeepAliveServer(ThreadedLoopbackBase, Generic[_RecordT, _StateT]):
         self._log.clear()
         self._users = {seq: user for seq, user in self._users.items() if seq in self._open_seqs}
 
-    def _connection_opened(self, seq: int) -> None:
+    def _connection_opened(self, seq: int) -> None:  # noqa: B027 - optional hook
         with self._lock:
             self._users[seq] = None
             self._open_seqs.add(seq)
@@ -519,7 +521,7 @@ class KeepAliveServer(ThreadedLoopbackBase, Generic[_RecordT, _StateT]):
 _ServerRefT = TypeVar("_ServerRefT")
 
 
-class Exchange(Generic[_ServerRefT, _StateT]):
+class Exchange(abc.ABC, Generic[_ServerRefT, _StateT]):
     """One request on a connection, parsed for a server's handler (:meth:`respond`)."""
 
     def __init__(
@@ -553,6 +555,6 @@ class Exchange(Generic[_ServerRefT, _StateT]):
                 return decode_header_value(bytes(value))
         return None
 
+    @abc.abstractmethod
     async def respond(self) -> bool:
         """Answer the request; False means "close the connection now"."""
-        raise NotImplementedError  # pragma: no cover - every exchange defines it
