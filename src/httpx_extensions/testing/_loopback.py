@@ -475,7 +475,7 @@ class KeepAliveServer(ThreadedLoopbackBase, Generic[_RecordT, _StateT]):
         self._log.clear()
         self._users = {seq: user for seq, user in self._users.items() if seq in self._open_seqs}
 
-    def _connection_opened(self, seq: int) -> None:  # noqa: B027 - optional hook
+    def _connection_opened(self, seq: int) -> None:
         with self._lock:
             self._users[seq] = None
             self._open_seqs.add(seq)
