@@ -36,9 +36,6 @@ class FakeConnection:
         self.closed = False
         self.expired = False
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        return httpcore.Response(200)
-
     async def aclose(self) -> None:
         self.closed = True
 

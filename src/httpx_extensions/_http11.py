@@ -41,8 +41,6 @@ from typing import Any
 import anyio.lowlevel
 import httpcore
 
-from ._network import AsyncioStream
-
 __all__ = ["MAX_HEAD_SIZE", "HTTP11Connection", "ResponseHead"]
 
 logger = logging.getLogger("httpx_extensions.http11")
@@ -70,6 +68,7 @@ _REDACTED_HEADERS = frozenset(
     {b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate"}
 )
 _NO_BODY_STATUS = frozenset({204, 304})
+_FRAMING_HEADERS = frozenset({b"connection", b"transfer-encoding", b"content-length"})
 
 # BROKEN: not reusable (mid-request failure, no keep-alive, upgraded) but its stream is open
 # until the pool closes it.
@@ -93,16 +92,41 @@ def _redact(headers: Headers) -> Headers:
     return [(k, b"[redacted]" if k.lower() in _REDACTED_HEADERS else v) for k, v in headers]
 
 
-def _has(headers: Headers, name: bytes) -> bool:
-    return any(key.lower() == name for key, _ in headers)
-
-
 def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
-    values: list[bytes] = []
-    for key, value in headers:
-        if key.lower() == name:
-            values.extend(part.strip().lower() for part in value.split(b",") if part.strip())
-    return values
+    """The comma-separated values of every ``name`` header, lowercased."""
+    return [
+        token
+        for key, value in headers
+        if key.lower() == name
+        for token in _split_tokens(value)
+        if token
+    ]
+
+
+class _Framing(typing.NamedTuple):
+    """What a response's headers say about its body and the connection, in one pass."""
+
+    close: bool
+    transfer_encoding: list[bytes] | None  # None when the header is absent
+    content_length: list[bytes] | None
+
+    @classmethod
+    def of(cls, headers: Headers) -> _Framing:
+        close = False
+        encodings: list[bytes] | None = None
+        lengths: list[bytes] | None = None
+        for key, value in headers:
+            lower = key.lower()
+            if lower not in _FRAMING_HEADERS:
+                continue
+            parts = [p.strip().lower() for p in value.split(b",") if p.strip()]
+            if lower == b"connection":
+                close = close or b"close" in parts
+            elif lower == b"transfer-encoding":
+                encodings = (encodings or []) + parts
+            else:
+                lengths = (lengths or []) + parts
+        return cls(close, encodings, lengths)
 
 
 class _Upgraded(httpcore.AsyncNetworkStream):
@@ -187,36 +211,13 @@ class HTTP11Connection:
         # An idle connection the server has written to (a close, or garbage) is finished.
         if self._state is not _IDLE:
             return False
-        stream = self._stream
-        if type(stream) is AsyncioStream:  # skip get_extra_info's dispatch on the hot path
-            return stream.is_readable()
-        return bool(stream.get_extra_info("is_readable"))
+        return bool(self._stream.get_extra_info("is_readable"))
 
     async def aclose(self) -> None:
         self._state = _CLOSED
         await self._stream.aclose()
 
     # Sending.
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        """httpcore's connection interface, for callers that speak httpcore."""
-        head = await self.send(
-            request.method,
-            request.url.target,
-            request.headers,
-            request.stream,
-            request.extensions,
-        )
-        return httpcore.Response(
-            status=head.status,
-            headers=head.headers,
-            content=head.stream,
-            extensions={
-                "http_version": head.http_version,
-                "reason_phrase": head.reason,
-                "network_stream": head.network_stream,
-            },
-        )
 
     async def send(
         self,
@@ -430,42 +431,38 @@ class HTTP11Connection:
                 "Server sent 101 Switching Protocols to a request without Upgrade"
             )
 
-        keep_alive = not close and version == b"1.1"
-        if keep_alive and b"close" in _comma_values(headers, b"connection"):
-            keep_alive = False
+        framing = _Framing.of(headers)
+        keep_alive = not close and version == b"1.1" and not framing.close
         body: typing.AsyncIterable[bytes]
+        encodings, lengths = framing.transfer_encoding, framing.content_length
         if method == b"HEAD" or status in _NO_BODY_STATUS:
             self._done(keep_alive)
             body = _Once(b"")
-        else:
-            encodings = _comma_values(headers, b"transfer-encoding")
-            if not encodings and _has(headers, b"transfer-encoding"):
-                raise httpcore.RemoteProtocolError("Empty Transfer-Encoding header")
-            if encodings:
-                if encodings != [b"chunked"]:
-                    raise httpcore.RemoteProtocolError(
-                        f"Unsupported Transfer-Encoding {b', '.join(encodings)!r}: only "
-                        "chunked is supported"
-                    )
-                body = self._chunked(keep_alive, timeout)
+        elif encodings is not None:
+            if encodings != [b"chunked"]:
+                raise httpcore.RemoteProtocolError(
+                    f"Unsupported Transfer-Encoding {b', '.join(encodings)!r}: only "
+                    "chunked is supported"
+                    if encodings
+                    else "Empty Transfer-Encoding header"
+                )
+            body = self._chunked(keep_alive, timeout)
+        elif lengths is not None:
+            if not lengths:
+                raise httpcore.RemoteProtocolError("Empty Content-Length header")
+            if len(set(lengths)) != 1 or not lengths[0].isdigit():
+                raise httpcore.RemoteProtocolError(
+                    f"Invalid Content-Length {b', '.join(lengths)!r}"
+                )
+            length = int(lengths[0])
+            if len(self._buffer) >= length:  # all here already: no reads to come
+                data, self._buffer = self._buffer[:length], self._buffer[length:]
+                self._done(keep_alive)
+                body = _Once(data)
             else:
-                lengths = _comma_values(headers, b"content-length")
-                if not lengths and _has(headers, b"content-length"):
-                    raise httpcore.RemoteProtocolError("Empty Content-Length header")
-                if lengths:
-                    if len(set(lengths)) != 1 or not lengths[0].isdigit():
-                        raise httpcore.RemoteProtocolError(
-                            f"Invalid Content-Length {b', '.join(lengths)!r}"
-                        )
-                    length = int(lengths[0])
-                    if len(self._buffer) >= length:  # all here already: no reads to come
-                        data, self._buffer = self._buffer[:length], self._buffer[length:]
-                        self._done(keep_alive)
-                        body = _Once(data)
-                    else:
-                        body = self._fixed(length, keep_alive, timeout)
-                else:
-                    body = self._until_close(timeout)
+                body = self._fixed(length, keep_alive, timeout)
+        else:
+            body = self._until_close(timeout)
         return ResponseHead(status, reason, b"HTTP/" + version, headers, body, stream)
 
     async def _read_head(self, timeout: float | None) -> tuple[int, bytes, bytes, Headers]:

@@ -215,6 +215,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         return AsyncioStream(transport, self._protocol, raw=self._raw or self._transport)
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # first: the pool asks it once per reused connection
+            return self.is_readable()
         transport = self._transport
         if info == "ssl_object":
             return transport.get_extra_info("ssl_object")
@@ -224,8 +226,6 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             return transport.get_extra_info("peername")
         if info == "socket":
             return transport.get_extra_info("socket")
-        if info == "is_readable":
-            return self.is_readable()
         return None
 
     def is_readable(self) -> bool:

@@ -92,9 +92,7 @@ PoolKey = tuple[bytes, bytes, int, Hashable]
 
 
 class ConnectionLike(Protocol):
-    """What the pool needs of a connection: ``HTTP11Connection`` (httpcore's fit too)."""
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response: ...
+    """What the pool needs of a connection to keep, check and close it (``HTTP11Connection``)."""
 
     async def aclose(self) -> None: ...
 

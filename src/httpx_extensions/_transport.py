@@ -280,7 +280,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         method = request.method.encode("ascii")
 
         if httpcore.AsyncConnectionPool.handle_async_request is not _STOCK_POOL_HANDLER:
-            return await self._handle_mocked(request, target, headers)
+            return await self._handle_mocked(request, port, target, headers)
         try:
             conn = await self._pool.acquire(request, origin, partition, pin, pool_timeout)
         except Exception as exc:
@@ -310,7 +310,11 @@ class ExTransport(httpx.AsyncBaseTransport):
         )
 
     async def _handle_mocked(
-        self, request: httpx.Request, target: bytes, headers: list[tuple[bytes, bytes]]
+        self,
+        request: httpx.Request,
+        port: int,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
     ) -> httpx.Response:
         if self._mock_pool is None:
             self._mock_pool = httpcore.AsyncConnectionPool(ssl_context=self._ssl_context)
@@ -320,7 +324,7 @@ class ExTransport(httpx.AsyncBaseTransport):
             url=httpcore.URL(
                 scheme=url.raw_scheme,
                 host=url.raw_host,
-                port=url.port or _DEFAULT_PORTS[url.raw_scheme],
+                port=port,
                 target=target,
             ),
             headers=headers,
