@@ -11,6 +11,7 @@ however its bytes are split) is checked by hypothesis over an in-memory stream a
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import socket
 import threading
@@ -28,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from httpx_extensions import CONN_ID, ExClient
+from httpx_extensions import CONN_ID, ConnectionState, ExClient
 from httpx_extensions._http11 import MAX_HEAD_SIZE, HTTP11Connection
 
 from .conftest import assert_pool_clean
@@ -898,6 +899,103 @@ async def test_http11_body_stalls_read_timeout(serve: Callable[..., ScriptedServ
         assert c.connections == []
         assert_pool_clean(c)
     server.wait_finished(1)
+
+
+async def test_http11_shorter_timeout_after_a_longer_one_on_the_same_connection(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # One timer per connection serves every wait; a later, shorter timeout must still fire
+    # on time rather than at the earlier request's deadline.
+    server = serve(reply(b"one"), [HANG])
+    async with client(timeout=httpx.Timeout(30.0)) as c:
+        assert (await c.get(server.url)).text == "one"
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get(server.url, timeout=0.2)
+        assert 0.15 < time.monotonic() - started < 2.0
+        assert_pool_clean(c)
+
+
+async def test_http11_longer_timeout_after_a_shorter_one_on_the_same_connection(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # The first request's deadline passes while the second waits within its own: no timeout.
+    server = serve(reply(b"one"), [0.5, reply(b"late")])
+    async with client() as c:
+        assert (await c.get(server.url, timeout=0.2)).text == "one"
+        response = await c.get(server.url, timeout=3.0)
+        assert response.text == "late"
+        assert len(server.connections) == 1
+        assert_pool_clean(c)
+
+
+# Reading whole bodies (the in-memory fast path of aread) and streaming them.
+
+
+_GZIPPED = gzip.compress(b"hello, compressed world")
+
+
+@pytest.mark.parametrize(
+    ("answer", "raw", "content"),
+    [
+        (reply(b"plain body"), b"plain body", b"plain body"),
+        (reply(b""), b"", b""),
+        (
+            reply(_GZIPPED, headers=[b"Content-Encoding: gzip"]),
+            _GZIPPED,
+            b"hello, compressed world",
+        ),
+        (
+            reply(
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                headers=[b"Transfer-Encoding: chunked"],
+                length=False,
+            ),
+            b"hello world",
+            b"hello world",
+        ),
+        (split(reply(b"x" * 300), 40, 200), b"x" * 300, b"x" * 300),
+    ],
+    ids=["one-read", "empty", "gzip", "chunked", "arrives-in-parts"],
+)
+async def test_http11_read_and_streamed_responses_agree(
+    serve: Callable[..., ScriptedServer], answer: Answer, raw: bytes, content: bytes
+) -> None:
+    server = serve(answer, answer)
+    async with client() as c:
+        read = await c.get(server.url)
+        assert read.content == content
+        assert read.num_bytes_downloaded == len(raw)
+        assert read.is_stream_consumed
+        assert read.is_closed
+        assert read.elapsed.total_seconds() >= 0
+        assert [info.state for info in c.connections] == [ConnectionState.IDLE]  # given back
+        async with c.stream("GET", server.url) as streamed:
+            assert not streamed.is_closed
+            assert b"".join([part async for part in streamed.aiter_raw()]) == raw
+            assert streamed.num_bytes_downloaded == len(raw)
+        assert streamed.extensions[CONN_ID] == read.extensions[CONN_ID]
+        with pytest.raises(httpx.StreamConsumed):
+            await streamed.aread()
+        assert_pool_clean(c)
+
+
+async def test_http11_body_read_by_a_response_hook_is_the_content(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    seen: list[bytes] = []
+
+    async def hook(response: httpx.Response) -> None:
+        assert not response.is_closed  # hooks run before the body is read, as in httpx
+        seen.append(await response.aread())
+
+    server = serve(reply(b"once"))
+    async with client(event_hooks={"response": [hook]}) as c:
+        response = await c.get(server.url)
+        assert response.content == b"once"
+        assert seen == [b"once"]
+        assert response.num_bytes_downloaded == 4
+        assert_pool_clean(c)
 
 
 @pytest.mark.parametrize("where", ["head", "body"])

@@ -654,6 +654,11 @@ class _Once:
         self._data = None
         return data
 
+    def take(self) -> bytes:
+        """The whole body at once (empty if it was already iterated)."""
+        data, self._data = self._data, None
+        return data or b""
+
 
 class _Event:
     """httpcore-style trace events (``http11.<name>.started/complete/failed``) and DEBUG logs."""

@@ -3,9 +3,9 @@
 httpcore's AnyIO backend enters an anyio cancel scope for every socket read and write (that is
 how it applies timeouts). Profiled at 100 concurrent requests, those scopes were the largest
 single cost below httpx. On asyncio this backend reads and writes through an
-``asyncio.Protocol`` and applies timeouts with one ``loop.call_later`` per wait that actually
-blocks, which is what aiohttp does. Under trio (or any other loop) the transport keeps using
-httpcore's AnyIO backend.
+``asyncio.Protocol`` and applies timeouts with one timer per connection that is moved only when
+a wait needs an earlier one (a request on a busy connection schedules none). Under trio (or
+any other loop) the transport keeps using httpcore's AnyIO backend.
 
 It implements httpcore's public ``AsyncNetworkBackend``/``AsyncNetworkStream`` interfaces, so the
 connections above it are httpcore's own.
@@ -41,6 +41,13 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
         self.reading_paused = False
         self.transport: asyncio.Transport | None = None
+        # Timeouts: the deadline of each blocked wait, and one timer for the nearest. A wait
+        # that ends leaves the timer in place; when it fires it finds nothing due and moves to
+        # the next deadline, if any. With a constant timeout that is one timer per connection
+        # per timeout period instead of a timer scheduled and cancelled on every read.
+        self.deadlines: dict[asyncio.Future[None], tuple[float, type[Exception]]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -65,6 +72,9 @@ class _Protocol(asyncio.Protocol):
         self._wake_reader()
         self.paused = False
         self._wake(self.drain_waiter)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _read_what_is_left(self) -> None:
         # A write failed (a reset: the server answered early, e.g. 401 or 413, and closed
@@ -96,6 +106,34 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
         self._wake(self.drain_waiter)
 
+    def add_deadline(
+        self, waiter: asyncio.Future[None], timeout: float, exc_type: type[Exception]
+    ) -> None:
+        """Fail ``waiter`` with ``exc_type()`` if it is still pending ``timeout`` s from now."""
+        at = self.loop.time() + timeout
+        self.deadlines[waiter] = (at, exc_type)
+        timer = self.timer
+        if timer is None or at < self.timer_at:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(at, self._on_timer)
+            self.timer_at = at
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        nearest: float | None = None
+        for waiter, (at, exc_type) in list(self.deadlines.items()):
+            if waiter.done():
+                continue
+            if at <= now:
+                waiter.set_exception(exc_type())
+            elif nearest is None or at < nearest:
+                nearest = at
+        if nearest is not None:
+            self.timer = self.loop.call_at(nearest, self._on_timer)
+            self.timer_at = nearest
+
     def _wake_reader(self) -> None:
         self._wake(self.read_waiter)
 
@@ -103,11 +141,6 @@ class _Protocol(asyncio.Protocol):
     def _wake(waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-
-def _expire(waiter: asyncio.Future[None], exc_type: type[Exception]) -> None:
-    if not waiter.done():
-        waiter.set_exception(exc_type())
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
@@ -162,17 +195,14 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         protocol = self._protocol
         waiter: asyncio.Future[None] = protocol.loop.create_future()
         setattr(protocol, slot, waiter)
-        timer = (
-            None
-            if timeout is None
-            else protocol.loop.call_later(timeout, _expire, waiter, exc_type)
-        )
+        if timeout is not None:
+            protocol.add_deadline(waiter, timeout, exc_type)
         try:
             await waiter
         finally:
             setattr(protocol, slot, None)
-            if timer is not None:
-                timer.cancel()
+            if timeout is not None:
+                del protocol.deadlines[waiter]
 
     async def aclose(self) -> None:
         transport = self._transport
