@@ -340,6 +340,41 @@ async def test_client_pool_timeout(server: LoopbackServer) -> None:
         assert client._transport.pool.waiting == 0
 
 
+async def test_client_pool_timeouts_of_different_lengths_each_fire_on_time(
+    server: LoopbackServer,
+) -> None:
+    # Queued requests share one timer per pool: a short timeout queued behind a long one
+    # fires on time, and the long one is not failed when the short one's deadline passes.
+    outcomes: dict[str, object] = {}
+
+    async def queued(name: str, pool: float) -> None:
+        started = time.monotonic()
+        try:
+            response = await client.get(server.url + "/", timeout=httpx.Timeout(5, pool=pool))
+            outcomes[name] = response.status_code
+        except PoolTimeout:
+            outcomes[name] = ("PoolTimeout", time.monotonic() - started)
+
+    async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
+        # Leaving the block closes the streamed response first (the long one gets its
+        # connection), then waits for both queued requests.
+        async with (
+            anyio.create_task_group() as tg,
+            client.stream("GET", server.url + "/stream?chunks=2&size=1"),
+        ):
+            tg.start_soon(queued, "long", 3.0)
+            await anyio.sleep(0.05)
+            tg.start_soon(queued, "short", 0.2)
+            await anyio.sleep(0.6)  # the short one has timed out; the long one waits on
+        assert outcomes["long"] == 200
+        short = outcomes["short"]
+        assert isinstance(short, tuple)
+        assert short[0] == "PoolTimeout"
+        assert 0.15 < short[1] < 0.55
+        assert_pool_clean(client)
+        assert client._transport.pool.waiting == 0
+
+
 async def test_client_cancel_while_queued(server: LoopbackServer) -> None:
     async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
         async with client.stream("GET", server.url + "/stream?chunks=2&size=1") as held:
@@ -611,6 +646,53 @@ async def test_client_closed_client_refuses_requests(server: LoopbackServer) -> 
     await client.aclose()
     with pytest.raises(RuntimeError, match="client has been closed"):
         await client.get(server.url + "/")
+
+
+# Requests built as httpx builds them (ExClient builds bodyless ones its own, faster way).
+
+
+_BUILD_CLIENTS = [
+    {},
+    {"base_url": "http://127.0.0.1:8080/api/v1", "headers": {"X-Client": "one", "Accept": "a/b"}},
+    {"base_url": "https://[::1]:8443", "timeout": httpx.Timeout(3.0, read=7.0)},
+    {"headers": {"Host": "virtual.test", "User-Agent": "mine"}},
+]
+_BUILD_CALLS = [
+    ("GET", "http://127.0.0.1:9000/x?q=1", {}),
+    ("get", "/relative/path", {}),
+    ("POST", "/no-body", {}),
+    ("put", "/no-body", {"headers": {"Transfer-Encoding": "chunked"}}),
+    ("PATCH", "/no-body", {"headers": [("Content-Length", "0"), ("X-A", "1"), ("x-a", "2")]}),
+    ("DELETE", "/", {"headers": {"accept": "text/plain"}, "timeout": 1.5}),
+    ("OPTIONS", "http://127.0.0.1/", {"timeout": None, "extensions": {"trace": None}}),
+    ("HEAD", httpx.URL("http://127.0.0.1:1/h"), {"extensions": {"timeout": {"read": 1.0}}}),
+    ("GET", "/", {"params": {"page": "2"}}),
+    ("GET", "/", {"cookies": {"session": "s"}}),
+    ("POST", "/", {"json": {"a": 1}}),
+    ("POST", "/", {"content": b"body"}),
+    ("POST", "/", {"data": {"field": "value"}}),
+]
+
+
+@pytest.mark.parametrize("client_kwargs", _BUILD_CLIENTS)
+@pytest.mark.parametrize(("method", "url", "kwargs"), _BUILD_CALLS)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_client_builds_requests_exactly_as_httpx(
+    client_kwargs: dict, method: str, url: str | httpx.URL, kwargs: dict
+) -> None:
+    if client_kwargs.get("base_url") is None and isinstance(url, str) and url.startswith("/"):
+        url = "http://127.0.0.1:8000" + url
+    async with ExClient(**client_kwargs) as ours, httpx.AsyncClient(**client_kwargs) as stock:
+        for cookies in (None, {"jar": "full"}):  # with client cookies httpx's own path is used
+            ours.cookies = stock.cookies = cookies or {}
+            mine = ours.build_request(method, url, **kwargs)
+            theirs = stock.build_request(method, url, **kwargs)
+            assert mine.method == theirs.method
+            assert mine.url == theirs.url
+            assert mine.headers.raw == theirs.headers.raw
+            assert mine.extensions == theirs.extensions
+            assert mine.content == theirs.content
+            assert b"".join([part async for part in mine.stream]) == theirs.content
 
 
 # Bad arguments (no event loop needed, but kept here beside the behaviour they guard).

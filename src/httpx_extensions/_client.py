@@ -24,6 +24,8 @@ from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport
 __all__ = ["ExClient"]
 
 _DEFAULT_TIMEOUT = httpx.Timeout(timeout=5.0)
+# The body of every request built without one (immutable; safe to share).
+_EMPTY_BODY = httpx.ByteStream(b"")
 
 
 @functools.lru_cache(maxsize=512)
@@ -136,9 +138,21 @@ class ExClient(httpx.AsyncClient):
         extensions: httpx._types.RequestExtensions | None = None,
     ) -> httpx.Request:
         """Build a request, as ``httpx.AsyncClient.build_request`` does."""
+        url = _parse_url(url) if type(url) is str else url
+        if (
+            content is None
+            and data is None
+            and files is None
+            and json is None
+            and params is None
+            and cookies is None
+            and not self.params
+            and not self.cookies
+        ):
+            return self._build_bodyless_request(method, url, headers, timeout, extensions)
         return super().build_request(
             method,
-            _parse_url(url) if type(url) is str else url,
+            url,
             content=content,
             data=data,
             files=files,
@@ -149,6 +163,50 @@ class ExClient(httpx.AsyncClient):
             timeout=timeout,
             extensions=extensions,
         )
+
+    def _build_bodyless_request(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        headers: httpx._types.HeaderTypes | None,
+        timeout: httpx._types.TimeoutTypes | UseClientDefault,
+        extensions: httpx._types.RequestExtensions | None,
+    ) -> httpx.Request:
+        # The common request (no body, query params or cookies to merge), built to the same
+        # result as httpx's build_request with half the work: httpx copies the headers into
+        # four Headers objects and encodes an empty body on the way; here the headers are
+        # merged once and the request gets the empty body directly.
+        if not isinstance(url, httpx.URL):
+            url = httpx.URL(url)
+        if url.is_relative_url:
+            base = self.base_url
+            url = base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
+        if headers is None:
+            merged = self.headers
+        else:
+            merged = httpx.Headers(self.headers)
+            merged.update(headers)
+        auto: list[tuple[bytes, bytes]] = []
+        if "host" not in merged and url.host:
+            auto.append((b"Host", url.netloc))
+        method = method.upper()
+        if (
+            method in ("POST", "PUT", "PATCH")
+            and "content-length" not in merged
+            and "transfer-encoding" not in merged
+        ):
+            auto.append((b"Content-Length", b"0"))
+        extensions = {} if extensions is None else extensions
+        if "timeout" not in extensions:
+            chosen = (
+                self.timeout if isinstance(timeout, UseClientDefault) else httpx.Timeout(timeout)
+            )
+            extensions = dict(**extensions, timeout=chosen.as_dict())
+        request = httpx.Request(
+            method, url, headers=auto + merged.raw, stream=_EMPTY_BODY, extensions=extensions
+        )
+        request.read()
+        return request
 
     # httpx's private transport hooks (see the module docstring).
 

@@ -20,12 +20,71 @@ from typing import Any
 
 import httpcore
 
-__all__ = ["AsyncioBackend"]
+__all__ = ["AsyncioBackend", "Deadlines"]
 
 # Stop reading from the socket while this much is buffered and unread (a large body arriving
 # faster than the caller consumes it); resume below the low mark.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
+
+
+class Deadlines:
+    """Fails futures still pending at their deadline, with one timer for all of them.
+
+    A timer per wait (``call_at`` when it starts, ``cancel`` when it ends) costs a heap push
+    and a cancelled entry every time, mostly for waits that end long before their deadline.
+    Here a wait that ends leaves the timer where it is; when the timer fires it fails what is
+    due and moves to the nearest deadline still pending, if any. With one timeout in use, a
+    connection or a pool then schedules about one timer per timeout period however many
+    requests it serves. A deadline earlier than the timer moves the timer forward.
+    """
+
+    __slots__ = ("_at", "_entries", "_loop", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._entries: dict[asyncio.Future[Any], tuple[float, type[Exception]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0.0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add(self, future: asyncio.Future[Any], at: float, exc_type: type[Exception]) -> None:
+        """Fail ``future`` with ``exc_type()`` if it is still pending at ``at`` (loop time)."""
+        self._entries[future] = (at, exc_type)
+        timer = self._timer
+        if timer is None or at < self._at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(at, self._fire)
+            self._at = at
+
+    def discard(self, future: asyncio.Future[Any]) -> None:
+        self._entries.pop(future, None)
+
+    def close(self) -> None:
+        """Forget every deadline and the timer (the futures are left as they are)."""
+        self._entries.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        nearest: float | None = None
+        for future, (at, exc_type) in list(self._entries.items()):
+            if future.done():
+                continue
+            if at <= now:
+                future.set_exception(exc_type())
+            elif nearest is None or at < nearest:
+                nearest = at
+        if nearest is not None:
+            self._timer = self._loop.call_at(nearest, self._fire)
+            self._at = nearest
 
 
 class _Protocol(asyncio.Protocol):
@@ -41,13 +100,7 @@ class _Protocol(asyncio.Protocol):
         self.paused = False
         self.reading_paused = False
         self.transport: asyncio.Transport | None = None
-        # Timeouts: the deadline of each blocked wait, and one timer for the nearest. A wait
-        # that ends leaves the timer in place; when it fires it finds nothing due and moves to
-        # the next deadline, if any. With a constant timeout that is one timer per connection
-        # per timeout period instead of a timer scheduled and cancelled on every read.
-        self.deadlines: dict[asyncio.Future[None], tuple[float, type[Exception]]] = {}
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
+        self.deadlines = Deadlines(loop)  # read and write timeouts
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -72,9 +125,7 @@ class _Protocol(asyncio.Protocol):
         self._wake_reader()
         self.paused = False
         self._wake(self.drain_waiter)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadlines.close()
 
     def _read_what_is_left(self) -> None:
         # A write failed (a reset: the server answered early, e.g. 401 or 413, and closed
@@ -105,34 +156,6 @@ class _Protocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused = False
         self._wake(self.drain_waiter)
-
-    def add_deadline(
-        self, waiter: asyncio.Future[None], timeout: float, exc_type: type[Exception]
-    ) -> None:
-        """Fail ``waiter`` with ``exc_type()`` if it is still pending ``timeout`` s from now."""
-        at = self.loop.time() + timeout
-        self.deadlines[waiter] = (at, exc_type)
-        timer = self.timer
-        if timer is None or at < self.timer_at:
-            if timer is not None:
-                timer.cancel()
-            self.timer = self.loop.call_at(at, self._on_timer)
-            self.timer_at = at
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        now = self.loop.time()
-        nearest: float | None = None
-        for waiter, (at, exc_type) in list(self.deadlines.items()):
-            if waiter.done():
-                continue
-            if at <= now:
-                waiter.set_exception(exc_type())
-            elif nearest is None or at < nearest:
-                nearest = at
-        if nearest is not None:
-            self.timer = self.loop.call_at(nearest, self._on_timer)
-            self.timer_at = nearest
 
     def _wake_reader(self) -> None:
         self._wake(self.read_waiter)
@@ -196,13 +219,13 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         waiter: asyncio.Future[None] = protocol.loop.create_future()
         setattr(protocol, slot, waiter)
         if timeout is not None:
-            protocol.add_deadline(waiter, timeout, exc_type)
+            protocol.deadlines.add(waiter, protocol.loop.time() + timeout, exc_type)
         try:
             await waiter
         finally:
             setattr(protocol, slot, None)
             if timeout is not None:
-                del protocol.deadlines[waiter]
+                protocol.deadlines.discard(waiter)
 
     async def aclose(self) -> None:
         transport = self._transport

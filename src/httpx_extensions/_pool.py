@@ -74,6 +74,7 @@ import anyio
 import httpcore
 
 from ._exceptions import ConnectionStateError, PoolClosed, PoolTimeout
+from ._network import Deadlines
 
 __all__ = [
     "ConnectionInfo",
@@ -293,9 +294,10 @@ current_flow: ContextVar[Flow | None] = ContextVar("httpx_extensions_flow", defa
 class _Waiter:
     """A request waiting for a connection (any of its key, or one pinned connection).
 
-    On asyncio it waits on a bare future with one ``call_at`` timer: with a thousand queued
-    requests, an anyio Event plus cancel scope per waiter was a measurable share of the time.
-    Elsewhere (trio) it uses anyio's primitives.
+    On asyncio it waits on a bare future, its pool timeout kept by the loop's shared
+    :class:`Deadlines`: with a thousand queued requests, an anyio Event plus cancel scope
+    per waiter was a measurable share of the time, and a timer per waiter still was. Elsewhere
+    (trio) it uses anyio's primitives.
     """
 
     __slots__ = ("_event", "_future", "conn", "error", "flow", "key", "origin", "pinned", "woken")
@@ -328,19 +330,26 @@ class _Waiter:
             assert self._event is not None
             self._event.set()
 
-    async def wait(self, deadline: float | None) -> None:
-        """Wait until woken; raises TimeoutError at ``deadline`` (``time.monotonic()``)."""
+    async def wait(
+        self, deadline: float | None, keeper: Callable[[asyncio.AbstractEventLoop], Deadlines]
+    ) -> None:
+        """Wait until woken; raises TimeoutError at ``deadline`` (``time.monotonic()``).
+
+        ``keeper`` gives the :class:`Deadlines` that keeps the timeout on an asyncio loop.
+        """
         future = self._future
         if future is not None:
             if deadline is None:
                 await future
                 return
             loop = future.get_loop()
-            timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0), _expire, future)
+            at = loop.time() + max(deadline - time.monotonic(), 0)
+            deadlines = keeper(loop)
+            deadlines.add(future, at, TimeoutError)
             try:
                 await future
             finally:
-                timer.cancel()
+                deadlines.discard(future)
             return
         assert self._event is not None
         if deadline is None:
@@ -348,11 +357,6 @@ class _Waiter:
         else:
             with anyio.fail_after(max(deadline - time.monotonic(), 0)):
                 await self._event.wait()
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 async def close_all(conns: Iterable[ConnectionLike]) -> None:
@@ -400,6 +404,7 @@ class ConnectionPool:
         self._idle: dict[PoolKey, OrderedDict[PooledConnection, None]] = {}
         self._idle_by_age: OrderedDict[PooledConnection, None] = OrderedDict()
         self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self._deadlines: Deadlines | None = None
         self._closed = False
 
     # Introspection.
@@ -605,7 +610,7 @@ class ConnectionPool:
 
     async def _wait(self, waiter: _Waiter, deadline: float | None) -> PooledConnection | None:
         try:
-            await waiter.wait(deadline)
+            await waiter.wait(deadline, self._deadlines_on)
         except BaseException as exc:
             if waiter.woken:
                 # Handed a connection just as we gave up: put it back.
@@ -622,6 +627,13 @@ class ConnectionPool:
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
+
+    def _deadlines_on(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        # Pool timeouts of every queued request share one timer (see Deadlines).
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
+        return deadlines
 
     def _forget(self, waiter: _Waiter) -> None:
         if waiter in self._waiters:
@@ -788,6 +800,8 @@ class ConnectionPool:
             waiter, _ = self._waiters.popitem(last=False)
             waiter.error = error
             waiter.wake()
+        if self._deadlines is not None:
+            self._deadlines.close()
         await close_all(to_close)
 
     async def __aenter__(self) -> ConnectionPool:
