@@ -19,7 +19,7 @@ from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
-from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport
+from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
 
 __all__ = ["ExClient"]
 
@@ -39,13 +39,20 @@ class _Cookies(httpx.Cookies):
     """``httpx.Cookies`` that skips the cookie-jar machinery for responses without cookies.
 
     ``http.cookiejar`` wraps every response in urllib request/response shims before finding
-    no ``Set-Cookie`` header (~15 us per response); the result is the same.
+    no ``Set-Cookie`` header (~15 us per response); the result is the same. A response from
+    our pool says whether its head had such a header (found while reading its framing);
+    others are looked at.
     """
 
     def extract_cookies(self, response: httpx.Response) -> None:
-        headers = response.headers
-        if "set-cookie" in headers or "set-cookie2" in headers:
-            super().extract_cookies(response)
+        if type(response) is _Response:
+            if not response.sets_cookies:
+                return
+        else:
+            headers = response.headers
+            if "set-cookie" not in headers and "set-cookie2" not in headers:
+                return
+        super().extract_cookies(response)
 
 
 class ExClient(httpx.AsyncClient):

@@ -35,7 +35,7 @@ import re
 import ssl
 import time
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
 import anyio.lowlevel
@@ -59,6 +59,9 @@ _VALUE_RE = re.compile(_VALUE)
 _TARGET_RE = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _HEADER_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+_HEADER_LINES_RE = re.compile(
+    rb"^(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r?$", re.MULTILINE
+)
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
@@ -69,6 +72,7 @@ _REDACTED_HEADERS = frozenset(
 )
 _NO_BODY_STATUS = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({b"connection", b"transfer-encoding", b"content-length"})
+_SET_COOKIE_HEADERS = frozenset({b"set-cookie", b"set-cookie2"})
 
 # BROKEN: not reusable (mid-request failure, no keep-alive, upgraded) but its stream is open
 # until the pool closes it.
@@ -86,6 +90,8 @@ class ResponseHead(typing.NamedTuple):
     headers: Headers
     stream: typing.AsyncIterable[bytes]
     network_stream: httpcore.AsyncNetworkStream
+    #: False when the head has no ``Set-Cookie``/``Set-Cookie2`` header (nothing for a jar).
+    set_cookie: bool = True
 
 
 def _redact(headers: Headers) -> Headers:
@@ -109,15 +115,18 @@ class _Framing(typing.NamedTuple):
     close: bool
     transfer_encoding: list[bytes] | None  # None when the header is absent
     content_length: list[bytes] | None
+    set_cookie: bool
 
     @classmethod
     def of(cls, headers: Headers) -> _Framing:
-        close = False
+        close = set_cookie = False
         encodings: list[bytes] | None = None
         lengths: list[bytes] | None = None
         for key, value in headers:
             lower = key.lower()
             if lower not in _FRAMING_HEADERS:
+                if lower in _SET_COOKIE_HEADERS:
+                    set_cookie = True
                 continue
             parts = [p.strip().lower() for p in value.split(b",") if p.strip()]
             if lower == b"connection":
@@ -126,7 +135,7 @@ class _Framing(typing.NamedTuple):
                 encodings = (encodings or []) + parts
             else:
                 lengths = (lengths or []) + parts
-        return cls(close, encodings, lengths)
+        return cls(close, encodings, lengths, set_cookie)
 
 
 class _Upgraded(httpcore.AsyncNetworkStream):
@@ -334,7 +343,11 @@ class HTTP11Connection:
                         f"Only Transfer-Encoding: chunked is supported, not {value!r}"
                     )
                 framing = True
-            elif lower == b"connection" and b"close" in _split_tokens(value):
+            elif (
+                lower == b"connection"
+                and b"close" in value.lower()
+                and b"close" in _split_tokens(value)
+            ):
                 close = True
             append(name)
             append(b": ")
@@ -355,7 +368,7 @@ class HTTP11Connection:
         # A body held in memory (httpx's ByteStream is also a sync iterable) goes out with the
         # head in one write: one syscall, and no small segment waiting on a delayed ACK.
         if (framing is None or (framing is not True and framing <= _COALESCE_LIMIT)) and (
-            isinstance(body, typing.Iterable) and not isinstance(body, (bytes, str))
+            isinstance(body, Iterable) and not isinstance(body, (bytes, str))
         ):
             data = b"".join(body)
             expected = 0 if framing is None else framing
@@ -393,7 +406,7 @@ class HTTP11Connection:
 
         # Iterated directly, not through a wrapper generator: an exception here must close
         # the caller's async generator now, not leave it to the garbage collector.
-        if isinstance(body, typing.AsyncIterable):
+        if isinstance(body, AsyncIterable):
             async for chunk in body:
                 await emit(chunk)
         else:
@@ -463,7 +476,9 @@ class HTTP11Connection:
                 body = self._fixed(length, keep_alive, timeout)
         else:
             body = self._until_close(timeout)
-        return ResponseHead(status, reason, b"HTTP/" + version, headers, body, stream)
+        return ResponseHead(
+            status, reason, b"HTTP/" + version, headers, body, stream, framing.set_cookie
+        )
 
     async def _read_head(self, timeout: float | None) -> tuple[int, bytes, bytes, Headers]:
         buffer = self._buffer
@@ -490,8 +505,8 @@ class HTTP11Connection:
         if end > MAX_HEAD_SIZE + 4:
             raise httpcore.RemoteProtocolError(f"Response head larger than {MAX_HEAD_SIZE} bytes")
         raw, self._buffer = buffer[: match.start()], buffer[end:]
-        lines = raw.split(b"\n")
-        status_line = lines[0].rstrip(b"\r")
+        first_end = raw.find(b"\n")
+        status_line = (raw if first_end < 0 else raw[:first_end]).rstrip(b"\r")
         matched = _STATUS_LINE_RE.fullmatch(status_line)
         if matched is None:
             if not status_line.startswith(b"HTTP/"):
@@ -501,8 +516,15 @@ class HTTP11Connection:
                 )
             raise httpcore.RemoteProtocolError(f"Invalid status line {status_line[:100]!r}")
         version, status, reason = matched.groups()
-        headers: Headers = []
-        for line in lines[1:]:
+        if first_end < 0:
+            return int(status), reason or b"", version, []
+        # Every header line at once; when some line does not match (a folded or invalid
+        # one), the line-by-line parse below handles it or says what is wrong.
+        headers: Headers = _HEADER_LINES_RE.findall(raw, first_end + 1)
+        if len(headers) == raw.count(b"\n", first_end + 1) + 1:
+            return int(status), reason or b"", version, headers
+        headers = []
+        for line in raw[first_end + 1 :].split(b"\n"):
             line = line.rstrip(b"\r")
             if line[:1] in (b" ", b"\t"):  # obsolete line folding
                 if not headers:

@@ -150,6 +150,8 @@ class _Response(httpx.Response):
     """
 
     _in_memory: _Once | None = None
+    #: False when the response came without Set-Cookie headers (ExClient's jar skips it).
+    sets_cookies = True
 
     async def aread(self) -> bytes:
         once = self._in_memory
@@ -345,6 +347,8 @@ class ExTransport(httpx.AsyncBaseTransport):
         )
         if type(head.stream) is _Once:
             response._in_memory = head.stream
+        if not head.set_cookie:
+            response.sets_cookies = False
         return response
 
     async def _handle_mocked(
