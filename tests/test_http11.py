@@ -340,6 +340,32 @@ async def test_http11_keepalive_reuses_one_connection(serve: Callable[..., Scrip
     assert first.raw_body == b""
 
 
+async def test_http11_each_request_on_a_reused_connection_sends_its_own_headers(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # The header block of the previous request is reused only when the headers are equal.
+    server = serve(reply(b"1"), reply(b"2"), reply(b"3"), reply(b"4"), reply(b"5"))
+    async with client() as c:
+        await c.get(server.url, headers={"X-A": "1"})
+        await c.get(server.url, headers={"X-A": "1"})
+        await c.get(server.url, headers={"X-A": "2"})
+        await c.post(server.url, headers={"X-A": "2"}, content=b"body")
+        with pytest.raises(httpx.LocalProtocolError, match="Illegal header value"):
+            await c.get(server.url, headers={"X-A": "bad\x01value"})
+        await c.get(server.url, headers={"X-A": "2", "Connection": "close"})
+        assert c.connections == []  # the last one asked to close: not kept
+        assert_pool_clean(c)
+    got = [(r.conn, r.request_line, r.headers[b"x-a"], r.body) for r in server.requests]
+    assert got == [
+        (0, b"GET / HTTP/1.1", b"1", b""),
+        (0, b"GET / HTTP/1.1", b"1", b""),
+        (0, b"GET / HTTP/1.1", b"2", b""),
+        (0, b"POST / HTTP/1.1", b"2", b"body"),
+        (1, b"GET / HTTP/1.1", b"2", b""),  # the refused request broke connection 0
+    ]
+    assert server.requests[-1].headers[b"connection"] == b"close"
+
+
 async def test_http11_chunked_response_split_at_awkward_points(
     serve: Callable[..., ScriptedServer],
 ) -> None:

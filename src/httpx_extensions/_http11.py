@@ -30,6 +30,7 @@ replaced by ``[redacted]``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import ssl
@@ -70,6 +71,8 @@ _checkpoint = anyio.lowlevel.checkpoint
 _REDACTED_HEADERS = frozenset(
     {b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate"}
 )
+# Header blocks carrying these are not kept on the connection for the next request.
+_UNCACHED_HEADERS = _REDACTED_HEADERS | {b"cookie"}
 _NO_BODY_STATUS = frozenset({204, 304})
 _FRAMING_HEADERS = frozenset({b"connection", b"transfer-encoding", b"content-length"})
 _SET_COOKIE_HEADERS = frozenset({b"set-cookie", b"set-cookie2"})
@@ -182,7 +185,16 @@ class HTTP11Connection:
         keepalive_expiry: Seconds an idle connection stays usable, or None for no limit.
     """
 
-    __slots__ = ("_buffer", "_expire_at", "_keepalive_expiry", "_origin", "_state", "_stream")
+    __slots__ = (
+        "_buffer",
+        "_expire_at",
+        "_is_readable",
+        "_keepalive_expiry",
+        "_last_headers",
+        "_origin",
+        "_state",
+        "_stream",
+    )
 
     def __init__(
         self,
@@ -196,6 +208,15 @@ class HTTP11Connection:
         self._state = _IDLE
         self._expire_at: float | None = None
         self._buffer = b""
+        self._last_headers: tuple[Headers, bytes, bool, int | bool | None] | None = None
+        # Streams that can say directly whether the server has written (AsyncioStream) are
+        # asked so; others through get_extra_info, as httpcore does.
+        readable = getattr(stream, "is_readable", None)
+        self._is_readable: typing.Callable[[], Any] = (
+            readable
+            if callable(readable)
+            else functools.partial(stream.get_extra_info, "is_readable")
+        )
 
     def __repr__(self) -> str:
         o = self._origin
@@ -220,7 +241,7 @@ class HTTP11Connection:
         # An idle connection the server has written to (a close, or garbage) is finished.
         if self._state is not _IDLE:
             return False
-        return bool(self._stream.get_extra_info("is_readable"))
+        return bool(self._is_readable())
 
     async def aclose(self) -> None:
         self._state = _CLOSED
@@ -312,51 +333,15 @@ class HTTP11Connection:
             raise httpcore.LocalProtocolError(f"Illegal request method {method!r}")
         if not _TARGET_RE.fullmatch(target):
             raise httpcore.LocalProtocolError(f"Illegal request target {target!r}")
-        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-        append = parts.append
-        host = close = False
-        framing: int | bool | None = None  # Content-Length, True for chunked, None for none
-        for name, value in headers:
-            if not _TOKEN_RE.fullmatch(name):
-                raise httpcore.LocalProtocolError(f"Illegal header name {name!r}")
-            lower = name.lower()
-            if not _VALUE_RE.fullmatch(value):
-                if lower in _REDACTED_HEADERS:  # never echo a credential into logs
-                    raise httpcore.LocalProtocolError(
-                        f"Illegal {name.decode('ascii')} header value (control characters or "
-                        "surrounding whitespace; value not shown)"
-                    )
-                raise httpcore.LocalProtocolError(f"Illegal header value {value!r}")
-            if lower == b"host":
-                host = True
-            elif lower == b"content-length":
-                lengths = {part.strip() for part in value.split(b",")}
-                if len(lengths) != 1 or not (length := lengths.pop()).isdigit():
-                    raise httpcore.LocalProtocolError(f"Illegal Content-Length {value!r}")
-                if framing is None:
-                    framing = int(length)
-                elif framing is not True and framing != int(length):
-                    raise httpcore.LocalProtocolError("Conflicting Content-Length headers")
-            elif lower == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    raise httpcore.LocalProtocolError(
-                        f"Only Transfer-Encoding: chunked is supported, not {value!r}"
-                    )
-                framing = True
-            elif (
-                lower == b"connection"
-                and b"close" in value.lower()
-                and b"close" in _split_tokens(value)
-            ):
-                close = True
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
-        if not host:
-            raise httpcore.LocalProtocolError("Missing mandatory Host: header")
-        append(b"\r\n")
-        return b"".join(parts), close, framing
+        # A client sends the same headers request after request: the header block checked
+        # and joined for the previous request on this connection is reused when they match.
+        last = self._last_headers
+        if last is not None and last[0] == headers:
+            _, block, close, framing = last
+        else:
+            block, close, framing, cacheable = _header_block(headers)
+            self._last_headers = (headers, block, close, framing) if cacheable else None
+        return b"%b %b HTTP/1.1\r\n%b" % (method, target, block), close, framing
 
     async def _write_request(
         self,
@@ -644,6 +629,60 @@ class HTTP11Connection:
         self._state = _IDLE
         if self._keepalive_expiry is not None:
             self._expire_at = time.monotonic() + self._keepalive_expiry
+
+
+def _header_block(headers: Headers) -> tuple[bytes, bool, int | bool | None, bool]:
+    """Request header lines (and the blank line) as bytes, after checking them as h11 does.
+
+    Also returns whether they ask to close the connection, the body framing they declare
+    (Content-Length, True for chunked, None for none), and whether the block may be kept
+    for the next request (not when it carries credentials or cookies).
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    host = close = False
+    cacheable = True
+    framing: int | bool | None = None
+    for name, value in headers:
+        if not _TOKEN_RE.fullmatch(name):
+            raise httpcore.LocalProtocolError(f"Illegal header name {name!r}")
+        lower = name.lower()
+        if not _VALUE_RE.fullmatch(value):
+            if lower in _REDACTED_HEADERS:  # never echo a credential into logs
+                raise httpcore.LocalProtocolError(
+                    f"Illegal {name.decode('ascii')} header value (control characters or "
+                    "surrounding whitespace; value not shown)"
+                )
+            raise httpcore.LocalProtocolError(f"Illegal header value {value!r}")
+        if lower == b"host":
+            host = True
+        elif lower == b"content-length":
+            lengths = {part.strip() for part in value.split(b",")}
+            if len(lengths) != 1 or not (length := lengths.pop()).isdigit():
+                raise httpcore.LocalProtocolError(f"Illegal Content-Length {value!r}")
+            if framing is None:
+                framing = int(length)
+            elif framing is not True and framing != int(length):
+                raise httpcore.LocalProtocolError("Conflicting Content-Length headers")
+        elif lower == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise httpcore.LocalProtocolError(
+                    f"Only Transfer-Encoding: chunked is supported, not {value!r}"
+                )
+            framing = True
+        elif lower == b"connection":
+            if b"close" in value.lower() and b"close" in _split_tokens(value):
+                close = True
+        elif lower in _UNCACHED_HEADERS:
+            cacheable = False
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    if not host:
+        raise httpcore.LocalProtocolError("Missing mandatory Host: header")
+    append(b"\r\n")
+    return b"".join(parts), close, framing, cacheable
 
 
 def _split_tokens(value: bytes) -> list[bytes]:
