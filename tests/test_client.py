@@ -648,6 +648,33 @@ async def test_client_closed_client_refuses_requests(server: LoopbackServer) -> 
         await client.get(server.url + "/")
 
 
+# What httpx's client adds to each exchange (ExClient does it its own way for its pool).
+
+
+async def test_client_response_elapsed_log_line_and_error_request(
+    server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ExClient(default_encoding="latin-1") as client:
+        with caplog.at_level(logging.INFO, logger="httpx"):
+            read = await client.get(server.url + "/slow?delay=0.1")
+        assert read.elapsed.total_seconds() >= 0.09
+        assert read.encoding == "latin-1"  # no charset in the response: the client's default
+        assert read.request.url == server.url + "/slow?delay=0.1"
+        lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+        assert lines == [f'HTTP Request: GET {server.url}/slow?delay=0.1 "HTTP/1.1 200 OK"']
+
+        async with client.stream("GET", server.url + "/stream?chunks=3&size=10") as streamed:
+            with pytest.raises(RuntimeError, match="elapsed"):
+                _ = streamed.elapsed  # as in httpx: known once the response is closed
+            await streamed.aread()
+        assert streamed.elapsed.total_seconds() > 0
+
+        with pytest.raises(httpx.ReadTimeout) as info:
+            await client.get(server.url + "/hang", timeout=0.1)
+        assert info.value.request.url == server.url + "/hang"
+        assert_pool_clean(client)
+
+
 # Requests built as httpx builds them (ExClient builds bodyless ones its own, faster way).
 
 

@@ -224,7 +224,9 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         await request.aread()
         request.extensions[PARTITION] = self._partition
         trace: list[dict[str, object]] | None = request.extensions.get(_AUTH_TRACE)
-        origin = _origin(request.url)
+        # The origin is named only when needed: a server that re-challenges was seen, or
+        # this request is challenged (it appears in errors and logs).
+        origin = _origin(request.url) if self._rechallenging else ""
         bindings: object | None = None
         conn_id: int | None = None
         if origin in self._rechallenging and not (
@@ -243,6 +245,7 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 if response.status_code < 400:
                     self._remember(response)
                 return
+            origin = origin or _origin(request.url)
             conn_id = response.extensions.get(CONN_ID)
             if conn_id is not None and conn_id in self._authenticated:
                 self._rechallenging.add(origin)

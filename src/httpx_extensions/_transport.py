@@ -10,7 +10,10 @@ names the connection. The connection goes back to the pool when the response is 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import ssl
+import time
 import typing
 from collections.abc import Iterable
 from types import TracebackType
@@ -95,7 +98,7 @@ def _check_limits(limits: httpx.Limits) -> None:
 class _ResponseStream(httpx.AsyncByteStream):
     """The response body; closing it gives the connection back to the pool."""
 
-    __slots__ = ("_closed", "_conn", "_iterator", "_pool", "_stream")
+    __slots__ = ("_closed", "_conn", "_iterator", "_pool", "_started", "_stream", "_timed")
 
     def __init__(
         self, stream: typing.AsyncIterable[bytes], pool: ConnectionPool, conn: PooledConnection
@@ -105,6 +108,17 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._conn = conn
         self._closed = False
         self._iterator: typing.AsyncIterator[bytes] | None = None
+        self._timed: httpx.Response | None = None
+        self._started = 0.0
+
+    def time(self, response: httpx.Response, started: float) -> None:
+        """Set ``response.elapsed`` on close, from ``started`` (``time.perf_counter()``).
+
+        ExClient asks this instead of wrapping the stream in one more object for it, as
+        httpx's client does.
+        """
+        self._timed = response
+        self._started = started
 
     # An iterator object rather than an async generator: one fewer generator per response.
     def __aiter__(self) -> _ResponseStream:
@@ -127,6 +141,10 @@ class _ResponseStream(httpx.AsyncByteStream):
         if self._closed:
             return
         self._closed = True
+        if self._timed is not None:
+            elapsed = time.perf_counter() - self._started
+            self._timed.elapsed = datetime.timedelta(seconds=elapsed)
+            self._timed = None  # no cycle left behind
         try:
             aclose = getattr(self._stream, "aclose", None)
             if aclose is not None:
@@ -170,6 +188,19 @@ class _Response(httpx.Response):
             await self.aclose()
             return content
         return await super().aread()
+
+    async def aclose(self) -> None:
+        # httpx's, with a try block in place of its generator-based context manager.
+        if not isinstance(self.stream, httpx.AsyncByteStream):
+            raise RuntimeError("Attempted to call an async close on an sync stream.")
+        if not self.is_closed:
+            self.is_closed = True
+            try:
+                await self.stream.aclose()
+            except httpx.RequestError as exc:
+                with contextlib.suppress(RuntimeError):  # no request attached: leave it
+                    exc.request = self.request
+                raise
 
 
 class ExTransport(httpx.AsyncBaseTransport):
