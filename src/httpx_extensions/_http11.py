@@ -39,6 +39,7 @@ import typing
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
+import anyio
 import anyio.lowlevel
 import httpcore
 
@@ -389,11 +390,19 @@ class HTTP11Connection:
             # that never awaits would otherwise hold it for the whole upload.
             await _checkpoint()
 
-        # Iterated directly, not through a wrapper generator: an exception here must close
-        # the caller's async generator now, not leave it to the garbage collector.
+        # An exception or cancellation here must close the body's iterator now (a user's
+        # async generator, and httpx's generator around it), not leave it to the garbage
+        # collector: its cleanup would run late, or never under trio.
         if isinstance(body, AsyncIterable):
-            async for chunk in body:
-                await emit(chunk)
+            iterator = body.__aiter__()
+            try:
+                async for chunk in iterator:
+                    await emit(chunk)
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
         else:
             for chunk in body:
                 await emit(chunk)

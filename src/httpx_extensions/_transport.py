@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import os
 import ssl
 import time
 import typing
 from collections.abc import Iterable
 from types import TracebackType
 
+import certifi
 import httpcore
 import httpx
 import sniffio
@@ -72,6 +74,15 @@ def _map_exception(exc: Exception) -> httpx.HTTPError | None:
         if isinstance(exc, core_type):
             return httpx_type(str(exc))
     return None
+
+
+def _default_ca(trust_env: bool) -> tuple[str | None, str | None]:
+    """(cafile, capath): where ``httpx.create_ssl_context(verify=True)`` takes CAs from."""
+    if trust_env and os.environ.get("SSL_CERT_FILE"):
+        return os.environ["SSL_CERT_FILE"], None
+    if trust_env and os.environ.get("SSL_CERT_DIR"):
+        return None, os.environ["SSL_CERT_DIR"]
+    return certifi.where(), None
 
 
 def _check_limits(limits: httpx.Limits) -> None:
@@ -241,8 +252,16 @@ class ExTransport(httpx.AsyncBaseTransport):
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
 
-        self._ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
-        self._ssl_context.set_alpn_protocols(["http/1.1"])
+        self._default_ca: tuple[str | None, str | None] | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if verify is True and cert is None:
+            # The default context loads the whole CA bundle (about 20 ms): done on the first
+            # TLS connection instead, so that clients that never open one never pay for it.
+            # Which bundle is decided now, from the environment as httpx reads it.
+            self._default_ca = _default_ca(trust_env)
+        else:
+            self._ssl = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+            self._ssl.set_alpn_protocols(["http/1.1"])
         self._uds = uds
         self._local_address = local_address
         self._retries = retries
@@ -294,6 +313,16 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._proxy_headers = headers
 
     # Introspection.
+
+    @property
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = self._ssl
+        if context is None:
+            assert self._default_ca is not None
+            cafile, capath = self._default_ca
+            context = self._ssl = ssl.create_default_context(cafile=cafile, capath=capath)
+            context.set_alpn_protocols(["http/1.1"])
+        return context
 
     @property
     def pool(self) -> ConnectionPool:
