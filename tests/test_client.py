@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import pathlib
 import socket
 import time
 
 import anyio
 import httpx
 import pytest
+import trustme
 
 from httpx_extensions import (
     CONN_ID,
@@ -491,6 +493,30 @@ async def test_client_https(https_server: LoopbackServer, client_ssl_context) ->
         assert https_server.connections_opened == 1
     del responses
     gc.collect()  # a TLS socket left unclosed would raise ResourceWarning (an error) here
+
+
+@pytest.mark.parametrize("trust_env", [True, False])
+async def test_client_default_verification_reads_ssl_cert_file_as_httpx(
+    https_server: LoopbackServer,
+    ca: trustme.CA,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trust_env: bool,
+) -> None:
+    # The default context is built on the first TLS connection, from the CA bundle chosen
+    # when the client was made: SSL_CERT_FILE when trust_env, as httpx.create_ssl_context.
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    client = ExClient(trust_env=trust_env)
+    monkeypatch.delenv("SSL_CERT_FILE")  # read at construction, not at the first connection
+    async with client:
+        if trust_env:
+            assert (await client.get(https_server.url + "/")).status_code == 200
+        else:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await client.get(https_server.url + "/")
+        assert_pool_clean(client)
 
 
 async def test_client_https_rejects_an_untrusted_certificate(https_server: LoopbackServer) -> None:
