@@ -117,6 +117,10 @@ class ConnectionState(enum.Enum):
     RESERVED = "RESERVED"
     CLOSED = "CLOSED"
 
+    # Members are singletons compared by identity: hash them by identity too (in C), not
+    # through Enum's Python-level hash of the name; every state change looks two of them up.
+    __hash__ = object.__hash__
+
 
 _S = ConnectionState
 _TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
