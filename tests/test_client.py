@@ -519,6 +519,19 @@ async def test_client_default_verification_reads_ssl_cert_file_as_httpx(
         assert_pool_clean(client)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_client_bad_ssl_cert_file_fails_at_construction_as_httpx(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(OSError) as stock:
+        httpx.AsyncClient()
+    with pytest.raises(type(stock.value)):
+        ExClient()
+    async with ExClient(trust_env=False):  # the environment ignored: certifi's bundle
+        pass
+
+
 async def test_client_https_rejects_an_untrusted_certificate(https_server: LoopbackServer) -> None:
     async with ExClient() as client:
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -701,6 +714,37 @@ async def test_client_response_elapsed_log_line_and_error_request(
         assert_pool_clean(client)
 
 
+async def test_client_response_hook_replacing_the_stream_is_read_through(
+    server: LoopbackServer,
+) -> None:
+    # A hook may wrap response.stream (progress, transformation): reading goes through it.
+    class Upper(httpx.AsyncByteStream):
+        def __init__(self, inner: httpx.AsyncByteStream) -> None:
+            self.inner = inner
+            self.seen = 0
+
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            async for chunk in self.inner:
+                self.seen += len(chunk)
+                yield chunk.upper()
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    wrappers: list[Upper] = []
+
+    async def hook(response: httpx.Response) -> None:
+        wrapper = Upper(response.stream)  # type: ignore[arg-type]
+        wrappers.append(wrapper)
+        response.stream = wrapper
+
+    async with ExClient(event_hooks={"response": [hook]}) as client:
+        response = await client.get(server.url + "/")
+        assert response.content == b"HELLO, WORLD!"
+        assert wrappers[0].seen == len(b"hello, world!")
+        assert_pool_clean(client)
+
+
 # Requests built as httpx builds them (ExClient builds bodyless ones its own, faster way).
 
 
@@ -746,6 +790,21 @@ async def test_client_builds_requests_exactly_as_httpx(
             assert mine.extensions == theirs.extensions
             assert mine.content == theirs.content
             assert b"".join([part async for part in mine.stream]) == theirs.content
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_client_subclass_merge_hooks_are_honoured() -> None:
+    class Signed(ExClient):
+        def _merge_headers(self, headers=None):  # type: ignore[no-untyped-def]
+            merged = httpx.Headers(super()._merge_headers(headers))
+            merged["X-Signature"] = "sig"
+            return merged
+
+    async with Signed() as client:
+        request = client.build_request("GET", "http://127.0.0.1:9/")
+        assert request.headers["X-Signature"] == "sig"
+    async with ExClient() as plain:
+        assert "X-Signature" not in plain.build_request("GET", "http://127.0.0.1:9/").headers
 
 
 # Bad arguments (no event loop needed, but kept here beside the behaviour they guard).

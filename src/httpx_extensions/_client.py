@@ -63,6 +63,12 @@ class _Cookies(httpx.Cookies):
         super().extract_cookies(response)
 
 
+# Subclasses that override httpx's merge hooks get httpx's build_request (the fast path
+# does the same merging without calling them); filled in by ExClient.__init_subclass__.
+_BODYLESS_FAST_PATH: dict[type, bool] = {}
+_MERGE_HOOKS = ("_merge_url", "_merge_headers", "_merge_cookies", "_merge_queryparams")
+
+
 class ExClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose pool lets you choose the connection of each request.
 
@@ -128,6 +134,12 @@ class ExClient(httpx.AsyncClient):
         )
         self._cookies = _Cookies(self._cookies)
 
+    def __init_subclass__(cls, **kwargs: typing.Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _BODYLESS_FAST_PATH[cls] = all(
+            getattr(cls, hook) is getattr(httpx.AsyncClient, hook) for hook in _MERGE_HOOKS
+        )
+
     @property
     def cookies(self) -> httpx.Cookies:
         """Cookie values to include when sending requests (as ``httpx.AsyncClient.cookies``)."""
@@ -155,7 +167,8 @@ class ExClient(httpx.AsyncClient):
         """Build a request, as ``httpx.AsyncClient.build_request`` does."""
         url = _parse_url(url) if type(url) is str else url
         if (
-            content is None
+            _BODYLESS_FAST_PATH.get(type(self), True)
+            and content is None
             and data is None
             and files is None
             and json is None

@@ -31,6 +31,7 @@ replaced by ``[redacted]``.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import re
 import ssl
@@ -390,19 +391,22 @@ class HTTP11Connection:
             # that never awaits would otherwise hold it for the whole upload.
             await _checkpoint()
 
-        # An exception or cancellation here must close the body's iterator now (a user's
-        # async generator, and httpx's generator around it), not leave it to the garbage
-        # collector: its cleanup would run late, or never under trio.
         if isinstance(body, AsyncIterable):
             iterator = body.__aiter__()
             try:
                 async for chunk in iterator:
                     await emit(chunk)
-            finally:
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
+            except BaseException:
+                # An async generator made by __aiter__ (httpx's around a body) is ours alone:
+                # close it now rather than leave it to the loop's finalizer. (A user's own
+                # generator inside it is the user's to close, as with httpx.)
+                if inspect.isasyncgen(iterator):
                     with anyio.CancelScope(shield=True):
-                        await aclose()
+                        try:
+                            await iterator.aclose()
+                        except Exception as exc:  # never hide the error that got us here
+                            logger.debug("error closing a request body: %r", exc)
+                raise
         else:
             for chunk in body:
                 await emit(chunk)

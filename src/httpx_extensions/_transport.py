@@ -76,13 +76,9 @@ def _map_exception(exc: Exception) -> httpx.HTTPError | None:
     return None
 
 
-def _default_ca(trust_env: bool) -> tuple[str | None, str | None]:
-    """(cafile, capath): where ``httpx.create_ssl_context(verify=True)`` takes CAs from."""
-    if trust_env and os.environ.get("SSL_CERT_FILE"):
-        return os.environ["SSL_CERT_FILE"], None
-    if trust_env and os.environ.get("SSL_CERT_DIR"):
-        return None, os.environ["SSL_CERT_DIR"]
-    return certifi.where(), None
+def _ca_from_env(trust_env: bool) -> bool:
+    """Whether ``httpx.create_ssl_context(verify=True)`` would take CAs from the environment."""
+    return trust_env and bool(os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"))
 
 
 def _check_limits(limits: httpx.Limits) -> None:
@@ -179,6 +175,7 @@ class _Response(httpx.Response):
     """
 
     _in_memory: _Once | None = None
+    _own_stream: object = None
     #: False when the response came without Set-Cookie headers (ExClient's jar skips it).
     sets_cookies = True
 
@@ -186,6 +183,7 @@ class _Response(httpx.Response):
         once = self._in_memory
         if (
             once is not None
+            and self.stream is self._own_stream  # not replaced (a hook wrapping it, say)
             and not self.is_stream_consumed
             and not self.is_closed
             and not hasattr(self, "_content")
@@ -252,14 +250,11 @@ class ExTransport(httpx.AsyncBaseTransport):
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
 
-        self._default_ca: tuple[str | None, str | None] | None = None
         self._ssl: ssl.SSLContext | None = None
-        if verify is True and cert is None:
-            # The default context loads the whole CA bundle (about 20 ms): done on the first
-            # TLS connection instead, so that clients that never open one never pay for it.
-            # Which bundle is decided now, from the environment as httpx reads it.
-            self._default_ca = _default_ca(trust_env)
-        else:
+        if not (verify is True and cert is None and not _ca_from_env(trust_env)):
+            # Anything but the default: built now, so a bad bundle, path or certificate
+            # fails here, as with httpx. The default (certifi's bundle, about 20 ms to load)
+            # is built on the first TLS connection, so clients that never open one never pay.
             self._ssl = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
             self._ssl.set_alpn_protocols(["http/1.1"])
         self._uds = uds
@@ -317,10 +312,8 @@ class ExTransport(httpx.AsyncBaseTransport):
     @property
     def _ssl_context(self) -> ssl.SSLContext:
         context = self._ssl
-        if context is None:
-            assert self._default_ca is not None
-            cafile, capath = self._default_ca
-            context = self._ssl = ssl.create_default_context(cafile=cafile, capath=capath)
+        if context is None:  # the default: certifi's bundle, as httpx's verify=True
+            context = self._ssl = ssl.create_default_context(cafile=certifi.where())
             context.set_alpn_protocols(["http/1.1"])
         return context
 
@@ -407,6 +400,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         )
         if type(head.stream) is _Once:
             response._in_memory = head.stream
+            response._own_stream = response.stream
         if not head.set_cookie:
             response.sets_cookies = False
         return response
@@ -460,6 +454,10 @@ class ExTransport(httpx.AsyncBaseTransport):
     ) -> HTTP11Connection:
         timeouts = request.extensions.get("timeout") or {}
         timeout = timeouts.get("connect")
+        if origin.scheme in _TLS_SCHEMES or (
+            self._proxy_origin is not None and self._proxy_origin.scheme == b"https"
+        ):
+            _ = self._ssl_context  # built (on first use) before a socket is opened
         if self._proxy_origin is None:
             stream = await self._connect_tcp(origin, timeout)
             if origin.scheme in _TLS_SCHEMES:
