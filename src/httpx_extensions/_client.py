@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Mapping
 
 import httpx
-from httpx._client import USE_CLIENT_DEFAULT, BoundAsyncStream, UseClientDefault
+from httpx._client import USE_CLIENT_DEFAULT, BaseClient, BoundAsyncStream, UseClientDefault
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
@@ -66,7 +66,10 @@ class _Cookies(httpx.Cookies):
 # Subclasses that override httpx's merge hooks get httpx's build_request (the fast path
 # does the same merging without calling them); filled in by ExClient.__init_subclass__.
 _BODYLESS_FAST_PATH: dict[type, bool] = {}
-_MERGE_HOOKS = ("_merge_url", "_merge_headers", "_merge_cookies", "_merge_queryparams")
+_STOCK_MERGE_HOOKS = {
+    name: getattr(BaseClient, name)  # where httpx defines them
+    for name in ("_merge_url", "_merge_headers", "_merge_cookies", "_merge_queryparams")
+}
 
 
 class ExClient(httpx.AsyncClient):
@@ -137,7 +140,7 @@ class ExClient(httpx.AsyncClient):
     def __init_subclass__(cls, **kwargs: typing.Any) -> None:
         super().__init_subclass__(**kwargs)
         _BODYLESS_FAST_PATH[cls] = all(
-            getattr(cls, hook) is getattr(httpx.AsyncClient, hook) for hook in _MERGE_HOOKS
+            getattr(cls, name) is stock for name, stock in _STOCK_MERGE_HOOKS.items()
         )
 
     @property
