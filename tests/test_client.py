@@ -758,6 +758,7 @@ _BUILD_CALLS = [
     ("GET", "http://127.0.0.1:9000/x?q=1", {}),
     ("get", "/relative/path", {}),
     ("POST", "/no-body", {}),
+    (b"post", "/no-body", {}),  # type: ignore[list-item]
     ("put", "/no-body", {"headers": {"Transfer-Encoding": "chunked"}}),
     ("PATCH", "/no-body", {"headers": [("Content-Length", "0"), ("X-A", "1"), ("x-a", "2")]}),
     ("DELETE", "/", {"headers": {"accept": "text/plain"}, "timeout": 1.5}),

@@ -220,7 +220,7 @@ class ExClient(httpx.AsyncClient):
         auto: list[tuple[bytes, bytes]] = []
         if "host" not in merged and url.host:
             auto.append((b"Host", url.netloc))
-        method = method.upper()
+        method = method.upper()  # as httpx.Request does (bytes stay bytes)
         if (
             method in ("POST", "PUT", "PATCH")
             and "content-length" not in merged
