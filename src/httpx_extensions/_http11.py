@@ -61,10 +61,10 @@ _TOKEN_RE = re.compile(_TOKEN)
 _VALUE_RE = re.compile(_VALUE)
 _TARGET_RE = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_HEADER_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
-_HEADER_LINES_RE = re.compile(
-    rb"^(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r?$", re.MULTILINE
-)
+_HEADER_LINE = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*"
+_HEADER_LINE_RE = re.compile(_HEADER_LINE)
+# Every line of a header block at once (a line may end in CR).
+_HEADER_LINES_RE = re.compile(rb"^" + _HEADER_LINE + rb"\r?$", re.MULTILINE)
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 

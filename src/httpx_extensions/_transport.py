@@ -118,6 +118,12 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._timed: httpx.Response | None = None
         self._started = 0.0
 
+    @property
+    def in_memory(self) -> _Once | None:
+        """The whole body, when it arrived with the response head (None otherwise)."""
+        stream = self._stream
+        return stream if type(stream) is _Once else None
+
     def time(self, response: httpx.Response, started: float) -> None:
         """Set ``response.elapsed`` on close, from ``started`` (``time.perf_counter()``).
 
@@ -174,22 +180,20 @@ class _Response(httpx.Response):
     ``Content-Encoding``, a body still arriving) goes the stock way.
     """
 
-    _in_memory: _Once | None = None
-    _own_stream: object = None
     #: False when the response came without Set-Cookie headers (ExClient's jar skips it).
     sets_cookies = True
 
     async def aread(self) -> bytes:
-        once = self._in_memory
+        # Only while the stream is still the pool's (a hook may have wrapped or replaced it).
+        stream = self.stream
+        once = stream.in_memory if type(stream) is _ResponseStream else None
         if (
             once is not None
-            and self.stream is self._own_stream  # not replaced (a hook wrapping it, say)
             and not self.is_stream_consumed
             and not self.is_closed
             and not hasattr(self, "_content")
             and "content-encoding" not in self.headers
         ):
-            self._in_memory = None
             content = once.take()
             self.is_stream_consumed = True
             self._num_bytes_downloaded = len(content)
@@ -398,9 +402,6 @@ class ExTransport(httpx.AsyncBaseTransport):
                 CONN_ID: conn.conn_id,
             },
         )
-        if type(head.stream) is _Once:
-            response._in_memory = head.stream
-            response._own_stream = response.stream
         if not head.set_cookie:
             response.sets_cookies = False
         return response
