@@ -14,10 +14,12 @@ from ._exceptions import (
     HTTPXExtensionsError,
     PoolClosed,
     PoolTimeout,
+    ProxyAuthenticationError,
     UnsupportedConfiguration,
 )
 from ._extensions import CONN_ID, PARTITION
 from ._pool import ConnectionInfo, ConnectionState
+from ._proxy_auth import Proxy
 from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "PARTITION",
     "PoolClosed",
     "PoolTimeout",
+    "Proxy",
+    "ProxyAuthenticationError",
     "UnsupportedConfiguration",
     "__version__",
 ]

@@ -25,6 +25,7 @@ from httpx._client import USE_CLIENT_DEFAULT, BaseClient, BoundAsyncStream, UseC
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
+from ._proxy_auth import ProxyAuthTypes, check_proxy_auth
 from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response, _ResponseStream
 
 __all__ = ["ExClient"]
@@ -75,16 +76,25 @@ _STOCK_MERGE_HOOKS = {
 class ExClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` whose pool lets you choose the connection of each request.
 
-    Takes exactly the arguments of ``httpx.AsyncClient`` (httpx 0.28) and behaves the same,
-    with three additions:
+    Takes the arguments of ``httpx.AsyncClient`` (httpx 0.28) and behaves the same, with
+    these additions:
 
     * every response from the pool carries ``response.extensions["conn_id"]``;
     * a request with ``extensions={"conn_id": n}`` goes out on connection ``n``;
     * the requests one ``send()`` makes (auth legs, redirects) keep their connection
       reserved until ``send()`` returns (for streamed responses: until the response is closed),
-      so a connection-bound handshake is never split across connections.
+      so a connection-bound handshake is never split across connections;
+    * ``proxy_auth=`` answers a proxy's 407 (NTLM, Negotiate, Digest, Basic), for ``proxy=``
+      and for environment proxies (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``); see
+      ``docs/proxies.md``.
+
+    Args:
+        proxy_auth: ``NTLMAuth``, ``NegotiateAuth``, ``httpx.BasicAuth``, ``httpx.DigestAuth``
+            or a ``(user, password)`` tuple (answered with the strongest scheme the proxy
+            offers). A ``Proxy(url, auth=...)`` with an auth object of its own keeps it.
 
     Raises:
+        TypeError: ``proxy_auth`` is none of those.
         UnsupportedConfiguration: for ``http2=True`` and for limits that would close a
             connection between the legs of a handshake (zero keep-alive).
     """
@@ -111,9 +121,12 @@ class ExClient(httpx.AsyncClient):
         transport: httpx.AsyncBaseTransport | None = None,
         trust_env: bool = True,
         default_encoding: str | Callable[[bytes], str] = "utf-8",
+        proxy_auth: ProxyAuthTypes | None = None,
     ) -> None:
         if http2:
             raise UnsupportedConfiguration(HTTP2_REFUSED)
+        # Before httpx builds the proxy transports, which read it.
+        self._proxy_auth = check_proxy_auth(proxy_auth)
         super().__init__(
             auth=auth,
             params=params,
@@ -275,6 +288,7 @@ class ExClient(httpx.AsyncClient):
             http2=http2,
             limits=limits,
             proxy=proxy,
+            proxy_auth=self._proxy_auth,
         )
 
     async def _send_single_request(self, request: httpx.Request) -> httpx.Response:

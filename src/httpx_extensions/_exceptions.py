@@ -5,6 +5,7 @@ the nearest httpx (or built-in) error, so code written for stock httpx keeps cat
 
     HTTPXExtensionsError
     ├── PoolTimeout                (also httpx.PoolTimeout)
+    ├── ProxyAuthenticationError   (also httpx.ProxyError: a final 407 from a proxy)
     ├── PoolClosed                 (also RuntimeError)
     ├── UnsupportedConfiguration   (also ValueError)
     └── ConnectionStateError       (also RuntimeError: a bug in the pool, please report it)
@@ -22,6 +23,7 @@ __all__ = [
     "HTTPXExtensionsError",
     "PoolClosed",
     "PoolTimeout",
+    "ProxyAuthenticationError",
     "UnsupportedConfiguration",
 ]
 
@@ -32,6 +34,28 @@ class HTTPXExtensionsError(Exception):
 
 class PoolTimeout(HTTPXExtensionsError, httpx.PoolTimeout):
     """No connection became available within the request's ``pool`` timeout."""
+
+
+class ProxyAuthenticationError(HTTPXExtensionsError, httpx.ProxyError):
+    """A proxy answered 407 and the handshake with it could not succeed.
+
+    The message names the proxy, the schemes it offered and why: no proxy credentials were
+    given (and how to give them), none of the given credentials fits the schemes offered, the
+    credentials were rejected, or the proxy closed the connection between the legs of a
+    connection-bound handshake. It never holds a token, password or header value.
+
+    Attributes:
+        proxy: The proxy's URL, without credentials.
+        offered: The schemes the last 407 offered (``("NTLM", "Negotiate")``).
+        reason: ``"no_credentials"``, ``"unsupported_scheme"``, ``"rejected"``, ``"closed"``
+            or ``"provider"`` (the security provider failed: pyspnego's error is the cause).
+    """
+
+    def __init__(self, message: str, *, proxy: str, offered: tuple[str, ...], reason: str) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+        self.offered = offered
+        self.reason = reason
 
 
 class PoolClosed(HTTPXExtensionsError, RuntimeError):

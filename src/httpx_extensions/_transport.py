@@ -9,7 +9,6 @@ names the connection. The connection goes back to the pool when the response is 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import os
@@ -19,6 +18,7 @@ import typing
 from collections.abc import Iterable
 from types import TracebackType
 
+import anyio
 import certifi
 import httpcore
 import httpx
@@ -26,9 +26,10 @@ import sniffio
 
 from ._exceptions import UnsupportedConfiguration
 from ._extensions import CONN_ID, PARTITION
-from ._http11 import HTTP11Connection, _Once
+from ._http11 import HTTP11Connection, ResponseHead, _Once
 from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection
+from ._proxy_auth import ProxyAuthenticator, ProxyAuthTypes, check_proxy_auth
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
 
@@ -241,6 +242,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         local_address: str | None = None,
         retries: int = 0,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+        proxy_auth: ProxyAuthTypes | None = None,
     ) -> None:
         if http2:
             raise UnsupportedConfiguration(HTTP2_REFUSED)
@@ -253,6 +255,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         _check_limits(limits)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+        checked_auth = check_proxy_auth(proxy_auth)
 
         self._ssl: ssl.SSLContext | None = None
         if not (verify is True and cert is None and not _ca_from_env(trust_env)):
@@ -274,10 +277,14 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._socks = False
         self._proxy_origin: httpcore.Origin | None = None
         self._proxy_headers: list[tuple[bytes, bytes]] = []
+        self._proxy_auth: ProxyAuthenticator | None = None
         if proxy is not None:
             self._init_proxy(
-                httpx.Proxy(url=proxy) if isinstance(proxy, (str, httpx.URL)) else proxy
+                httpx.Proxy(url=proxy) if isinstance(proxy, (str, httpx.URL)) else proxy,
+                checked_auth,
             )
+        elif checked_auth is not None:
+            raise ValueError("proxy_auth= answers a proxy: pass proxy= too")
 
         self._pool = ConnectionPool(
             self._open_connection,
@@ -286,7 +293,7 @@ class ExTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=limits.keepalive_expiry,
         )
 
-    def _init_proxy(self, proxy: httpx.Proxy) -> None:
+    def _init_proxy(self, proxy: httpx.Proxy, proxy_auth: ProxyAuthTypes | None) -> None:
         scheme = proxy.url.scheme
         if scheme in ("socks5", "socks5h"):
             try:
@@ -303,13 +310,21 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._proxy_origin = httpcore.Origin(
             url.raw_scheme, url.raw_host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 1080)
         )
-        headers = list(proxy.headers.raw)
-        if proxy.raw_auth is not None:
-            user, password = proxy.raw_auth
-            token = base64.b64encode(user + b":" + password)
-            headers = [(k, v) for k, v in headers if k.lower() != b"proxy-authorization"]
-            headers.append((b"Proxy-Authorization", b"Basic " + token))
-        self._proxy_headers = headers
+        self._proxy_headers = list(proxy.headers.raw)
+        if self._socks:
+            if proxy_auth is not None or not isinstance(proxy.auth, (tuple, type(None))):
+                raise TypeError(
+                    "a SOCKS5 proxy takes a (user, password) in its URL or Proxy(auth=...) "
+                    "only; proxy_auth= is for HTTP proxies"
+                )
+            return
+        # An auth object on the Proxy is the most specific choice; then proxy_auth=; then
+        # credentials in the proxy URL (or a Proxy(auth=(user, password))), which are tried
+        # with whatever scheme the proxy offers (docs/proxies.md).
+        auth = check_proxy_auth(proxy.auth, "Proxy(auth=...)")
+        if proxy_auth is not None and (auth is None or isinstance(auth, tuple)):
+            auth = proxy_auth
+        self._proxy_auth = ProxyAuthenticator(auth, url)
 
     # Introspection.
 
@@ -359,13 +374,18 @@ class ExTransport(httpx.AsyncBaseTransport):
                 f"response.extensions[{CONN_ID!r}], not {type(pin).__name__}"
             )
         partition = extensions.get(PARTITION)
+        proxy_auth = self._proxy_auth
+        if proxy_auth is not None and proxy_auth.partition is not None:
+            # The identity presented to the proxy is part of the key (curl CVE-2016-0755).
+            partition = (partition, proxy_auth.partition)
         port = url.port or _DEFAULT_PORTS[scheme]
         origin = httpcore.Origin(scheme, url.raw_host, port)
         timeout = extensions.get("timeout")
         pool_timeout = timeout.get("pool") if timeout else None
 
         headers = request.headers.raw
-        if self._proxy_origin is not None and not self._socks and scheme not in _TLS_SCHEMES:
+        forward = proxy_auth is not None and scheme not in _TLS_SCHEMES
+        if forward:
             # Forward proxying: absolute-form target on a connection to the proxy.
             target = bytes(str(url), "ascii")
             headers = self._with_proxy_headers(headers)
@@ -384,7 +404,10 @@ class ExTransport(httpx.AsyncBaseTransport):
             raise mapped from exc
         connection = typing.cast(HTTP11Connection, conn.connection)
         try:
-            head = await connection.send(method, target, headers, request.stream, extensions)
+            if forward:  # through the proxy's 407 handshake (docs/proxies.md)
+                head = await self._send_forward(conn, method, target, headers, request)
+            else:
+                head = await connection.send(method, target, headers, request.stream, extensions)
         except BaseException as exc:
             await self._pool.release(conn)
             mapped = _map_exception(exc) if isinstance(exc, Exception) else None
@@ -442,6 +465,28 @@ class ExTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
+    async def _send_forward(
+        self,
+        conn: PooledConnection,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        request: httpx.Request,
+    ) -> ResponseHead:
+        """A forward-proxied request, its 407s answered on the same proxy connection.
+
+        The connection stays checked out between the legs (never back in the pool), so no
+        other request can take it mid-handshake; if the proxy closes it after a 407, a new
+        one to the proxy replaces it under the same conn_id.
+        """
+        proxy_auth = self._proxy_auth
+        assert proxy_auth is not None
+        channel = _ForwardChannel(self, conn, method, target, headers, request)
+        if proxy_auth.configured and not channel.authenticated and proxy_auth.may_challenge():
+            # A 407 would need the body again: read a streamed one into memory first.
+            await request.aread()
+        return await proxy_auth.run(channel, request.method, str(request.url))
+
     def _with_proxy_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if not self._proxy_headers:
             return headers
@@ -467,29 +512,38 @@ class ExTransport(httpx.AsyncBaseTransport):
             return HTTP11Connection(origin, stream, self._keepalive_expiry)
 
         proxy_origin = self._proxy_origin
-        stream = await self._connect_tcp(proxy_origin, timeout)
-        if self._socks:
-            try:
-                await self._socks5_connect(stream, origin, timeout)
-            except BaseException:
-                await stream.aclose()
-                raise
-            if origin.scheme in _TLS_SCHEMES:
-                sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
-                stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
+        if not self._socks:
+            stream = await self._connect_proxy(timeout)
+            if origin.scheme not in _TLS_SCHEMES:
+                return _ProxyConnection(proxy_origin, stream, self._keepalive_expiry)
+            stream = await self._tunnel(stream, proxy_origin, origin, request)
+            sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
+            stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
             return HTTP11Connection(origin, stream, self._keepalive_expiry)
+        # SOCKS5.
+        stream = await self._connect_tcp(proxy_origin, timeout)
+        try:
+            await self._socks5_connect(stream, origin, timeout)
+        except BaseException:
+            await stream.aclose()
+            raise
+        if origin.scheme in _TLS_SCHEMES:
+            sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
+            stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
+        return HTTP11Connection(origin, stream, self._keepalive_expiry)
+
+    async def _connect_proxy(self, timeout: float | None) -> httpcore.AsyncNetworkStream:
+        """A stream to the HTTP proxy: TCP, then TLS for an ``https://`` proxy."""
+        proxy_origin = self._proxy_origin
+        assert proxy_origin is not None
+        assert self._proxy is not None
+        stream = await self._connect_tcp(proxy_origin, timeout)
         if proxy_origin.scheme == b"https":
-            assert self._proxy is not None
             proxy_context = self._proxy.ssl_context or self._ssl_context
             stream = await self._start_tls(
                 stream, proxy_context, proxy_origin.host.decode("ascii"), timeout
             )
-        if origin.scheme not in _TLS_SCHEMES:
-            return HTTP11Connection(proxy_origin, stream, self._keepalive_expiry)
-        stream = await self._tunnel(stream, proxy_origin, origin, request)
-        sni = request.extensions.get("sni_hostname") or origin.host.decode("ascii")
-        stream = await self._start_tls(stream, self._ssl_context, sni, timeout)
-        return HTTP11Connection(origin, stream, self._keepalive_expiry)
+        return stream
 
     async def _connect_tcp(
         self, origin: httpcore.Origin, timeout: float | None
@@ -594,17 +648,17 @@ class ExTransport(httpx.AsyncBaseTransport):
         origin: httpcore.Origin,
         request: httpx.Request,
     ) -> httpcore.AsyncNetworkStream:
-        target = b"%b:%d" % (origin.host, origin.port)
-        proxy_connection = HTTP11Connection(proxy_origin, stream)
-        headers = [(b"Host", target), (b"Accept", b"*/*"), *self._proxy_headers]
+        """CONNECT to ``origin``, answering the proxy's 407s on the same connection."""
+        assert self._proxy_auth is not None
+        channel = _TunnelChannel(self, stream, proxy_origin, origin, request)
         try:
-            head = await proxy_connection.send(b"CONNECT", target, headers, (), request.extensions)
+            head = await self._proxy_auth.run(channel, "CONNECT", channel.target.decode("ascii"))
         except BaseException:
-            await proxy_connection.aclose()
+            await channel.connection.aclose()
             raise
         if not 200 <= head.status < 300:
             reason = head.reason.decode("ascii", "ignore")
-            await proxy_connection.aclose()
+            await channel.connection.aclose()
             raise httpcore.ProxyError(f"{head.status} {reason}".strip())
         return head.network_stream
 
@@ -625,6 +679,141 @@ class ExTransport(httpx.AsyncBaseTransport):
         traceback: TracebackType | None = None,
     ) -> None:
         await self.aclose()
+
+
+class _ProxyConnection(HTTP11Connection):
+    """A connection to a forward proxy; remembers whether the proxy authenticated it."""
+
+    __slots__ = ("proxy_authenticated",)
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        stream: httpcore.AsyncNetworkStream,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        super().__init__(origin, stream, keepalive_expiry)
+        self.proxy_authenticated = False
+
+    @property
+    def network_stream(self) -> httpcore.AsyncNetworkStream:
+        return self._stream
+
+
+class _ForwardChannel:
+    """The proxy-auth driver's view of a forward-proxy connection checked out of the pool."""
+
+    def __init__(
+        self,
+        transport: ExTransport,
+        conn: PooledConnection,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        request: httpx.Request,
+    ) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._method = method
+        self._target = target
+        self._headers = headers
+        self._request = request
+
+    @property
+    def _connection(self) -> _ProxyConnection:
+        return typing.cast(_ProxyConnection, self._conn.connection)
+
+    @property
+    def network_stream(self) -> httpcore.AsyncNetworkStream:
+        return self._connection.network_stream
+
+    @property
+    def authenticated(self) -> bool:
+        return self._connection.proxy_authenticated
+
+    @authenticated.setter
+    def authenticated(self, value: bool) -> None:
+        self._connection.proxy_authenticated = value
+
+    async def send(self, proxy_authorization: bytes | None, *, body: bool) -> ResponseHead:
+        headers = self._headers
+        stream: typing.Iterable[bytes] | typing.AsyncIterable[bytes] = self._request.stream
+        if proxy_authorization is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"proxy-authorization"]
+            headers.append((b"Proxy-Authorization", proxy_authorization))
+        if not body:
+            # NTLM's negotiate leg: the proxy answers 407 whatever it carries, so the body
+            # is not uploaded twice (as curl does).
+            headers = [
+                (k, v)
+                for k, v in headers
+                if k.lower() not in (b"content-length", b"transfer-encoding")
+            ]
+            headers.append((b"Content-Length", b"0"))
+            stream = ()
+        return await self._connection.send(
+            self._method, self._target, headers, stream, self._request.extensions
+        )
+
+    def reusable(self) -> bool:
+        return self._connection.is_idle()
+
+    async def reconnect(self) -> None:
+        old = self._connection
+        with anyio.CancelScope(shield=True):
+            await old.aclose()
+        timeouts = self._request.extensions.get("timeout") or {}
+        transport = self._transport
+        stream = await transport._connect_proxy(timeouts.get("connect"))
+        assert transport._proxy_origin is not None
+        self._conn.connection = _ProxyConnection(
+            transport._proxy_origin, stream, transport._keepalive_expiry
+        )
+
+
+class _TunnelChannel:
+    """The proxy-auth driver's view of a connection being turned into a CONNECT tunnel."""
+
+    def __init__(
+        self,
+        transport: ExTransport,
+        stream: httpcore.AsyncNetworkStream,
+        proxy_origin: httpcore.Origin,
+        origin: httpcore.Origin,
+        request: httpx.Request,
+    ) -> None:
+        self._transport = transport
+        self._proxy_origin = proxy_origin
+        self._request = request
+        self.network_stream = stream
+        self.connection = HTTP11Connection(proxy_origin, stream)
+        self.target = b"%b:%d" % (origin.host, origin.port)
+        self.authenticated = False  # a tunnel carries one CONNECT: nothing to remember
+
+    async def send(self, proxy_authorization: bytes | None, *, body: bool) -> ResponseHead:
+        headers = [
+            (b"Host", self.target),
+            (b"Accept", b"*/*"),
+            # HTTP/1.0-era proxies close after a 407 unless asked not to (curl sends it too).
+            (b"Proxy-Connection", b"Keep-Alive"),
+            *self._transport._proxy_headers,
+        ]
+        if proxy_authorization is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"proxy-authorization"]
+            headers.append((b"Proxy-Authorization", proxy_authorization))
+        return await self.connection.send(
+            b"CONNECT", self.target, headers, (), self._request.extensions
+        )
+
+    def reusable(self) -> bool:
+        return self.connection.is_idle()
+
+    async def reconnect(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.connection.aclose()
+        timeouts = self._request.extensions.get("timeout") or {}
+        self.network_stream = await self._transport._connect_proxy(timeouts.get("connect"))
+        self.connection = HTTP11Connection(self._proxy_origin, self.network_stream)
 
 
 #: The seed's name for the transport, kept importable.

@@ -1,0 +1,539 @@
+"""Authentication to HTTP proxies: the 407 handshake driver.
+
+A proxy that wants credentials answers ``407 Proxy Authentication Required`` with
+``Proxy-Authenticate`` headers naming its schemes; the client answers on the *same connection*
+with ``Proxy-Authorization``. NTLM and Negotiate authenticate the connection to the proxy (as
+Squid and the Windows proxies do), so a handshake must stay on one socket, and afterwards the
+connection needs no header. Basic and Digest go with every request.
+
+The transport owns the sockets; this module decides what to send. ``ProxyAuthenticator.run``
+drives one request (a CONNECT, or a forward-proxied request) over a :class:`Channel` that the
+transport implements: send one leg with a given ``Proxy-Authorization`` value, say whether the
+connection is still usable, reconnect when the proxy closed it. Why in the transport and not in
+the httpx auth flow: a 407 to CONNECT is answered while the connection is being opened, before
+any response exists for a flow to see, and keeping forward proxying in the same place means one
+loop, one set of errors, and a connection held (never back in the pool) between legs.
+
+Handshake state lives in locals of ``run``; the authenticator keeps only what it has learnt
+about its proxy (which scheme it chose), so one instance serves any number of concurrent
+requests. Nothing here logs or raises a token, a password or a header value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import logging
+import typing
+from collections.abc import Generator, Hashable
+
+import httpx
+import spnego
+
+from ._auth import NegotiateAuth, NTLMAuth, _channel_bindings, _is_ntlm, _SpnegoAuth
+from ._exceptions import ProxyAuthenticationError
+
+if typing.TYPE_CHECKING:
+    import httpcore
+
+    from ._http11 import ResponseHead
+
+__all__ = ["Channel", "Proxy", "ProxyAuthTypes", "ProxyAuthenticator", "check_proxy_auth"]
+
+logger = logging.getLogger("httpx_extensions.auth")
+
+#: What ``proxy_auth=`` and ``Proxy(auth=...)`` accept.
+ProxyAuthTypes: typing.TypeAlias = (
+    NTLMAuth | NegotiateAuth | httpx.BasicAuth | httpx.DigestAuth | tuple[str, str]
+)
+
+_ACCEPTED = (
+    "NTLMAuth(user, password), NegotiateAuth(...), httpx.BasicAuth(user, password), "
+    "httpx.DigestAuth(user, password) or a (user, password) tuple"
+)
+
+# How many requests one handshake may take (NTLM needs 3 with the anonymous one, SPNEGO 4),
+# reconnects included.
+_MAX_LEGS = 8
+
+# curl's --proxy-anyauth order: the strongest scheme the proxy offers wins.
+_STRENGTH = ("negotiate", "kerberos", "ntlm", "digest", "basic")
+
+
+def check_proxy_auth(auth: object, name: str = "proxy_auth") -> ProxyAuthTypes | None:
+    """``auth`` when it is something a proxy can be answered with; TypeError otherwise."""
+    if auth is None:
+        return None
+    if isinstance(auth, (NTLMAuth, NegotiateAuth, httpx.BasicAuth, httpx.DigestAuth)):
+        return auth
+    if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(part, str) for part in auth):
+        return (auth[0], auth[1])
+    raise TypeError(f"{name} must be {_ACCEPTED}, not {type(auth).__name__}")
+
+
+class Proxy(httpx.Proxy):
+    """An ``httpx.Proxy`` whose ``auth`` may also be an auth object.
+
+    ``httpx.Proxy`` takes only a ``(user, password)`` tuple (sent as Basic). This one also takes
+    ``NTLMAuth``, ``NegotiateAuth``, ``httpx.BasicAuth`` and ``httpx.DigestAuth``, answered
+    at the proxy's 407 (see ``docs/proxies.md``). Use it for ``ExClient(proxy=...)``,
+    ``ExTransport(proxy=...)`` and in ``mounts=``.
+
+    Args:
+        url: ``http://`` or ``https://`` (or ``socks5://``, with a tuple only). Credentials in
+            the URL (``http://DOMAIN%5Cuser:pw@proxy:8080``) are taken as a tuple.
+        ssl_context: TLS context for an ``https://`` proxy.
+        auth: How to answer the proxy.
+        headers: Extra headers for the proxy.
+
+    Raises:
+        TypeError: ``auth`` is none of the accepted kinds.
+    """
+
+    def __init__(
+        self,
+        url: httpx.URL | str,
+        *,
+        ssl_context: typing.Any = None,
+        auth: ProxyAuthTypes | None = None,
+        headers: httpx._types.HeaderTypes | None = None,
+    ) -> None:
+        checked = check_proxy_auth(auth, "Proxy(auth=...)")
+        plain = checked if isinstance(checked, tuple) else None
+        super().__init__(url, ssl_context=ssl_context, auth=plain, headers=headers)
+        if plain is None and checked is not None and self.auth is None:
+            self.auth = checked  # type: ignore[assignment]
+        if not isinstance(self.auth, (tuple, type(None))) and self.url.scheme.startswith("socks"):
+            raise TypeError("a SOCKS5 proxy takes a (user, password) tuple only")
+
+    @property
+    def raw_auth(self) -> tuple[bytes, bytes] | None:
+        # httpx's SOCKS and Basic code read this; an auth object has no raw form.
+        if isinstance(self.auth, tuple):
+            return super().raw_auth
+        return None
+
+    def __repr__(self) -> str:
+        auth = self.auth
+        if isinstance(auth, tuple):
+            shown = f", auth={(auth[0], '********')!r}"
+        elif auth is not None:
+            # NTLMAuth/NegotiateAuth reprs show the user only; httpx's show nothing.
+            shown = f", auth={auth!r}"
+        else:
+            shown = ""
+        headers = f", headers={dict(self.headers)!r}" if self.headers else ""
+        return f"Proxy({str(self.url)!r}{shown}{headers})"
+
+
+class Channel(typing.Protocol):
+    """What the driver needs of the transport: one proxy connection it may replace."""
+
+    @property
+    def network_stream(self) -> httpcore.AsyncNetworkStream:
+        """The stream to the proxy (TLS for an ``https://`` proxy), for channel binding."""
+        ...
+
+    #: True when a connection-bound scheme (NTLM, Negotiate) completed on this connection.
+    authenticated: bool
+
+    async def send(self, proxy_authorization: bytes | None, *, body: bool) -> ResponseHead:
+        """One request to the proxy; ``body=False`` for an NTLM negotiate leg (no upload)."""
+        ...
+
+    def reusable(self) -> bool:
+        """Whether another request can go on this connection (after a drained 407)."""
+        ...
+
+    async def reconnect(self) -> None:
+        """Close this connection and open a new one to the proxy."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProxyPartition:
+    """The pool partition part for the identity presented to a proxy (no secret in repr)."""
+
+    proxy: str
+    identity: Hashable = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Credentials:
+    """A user and password to answer with whatever scheme the proxy offers (anyauth)."""
+
+    user: str
+    password: str = dataclasses.field(repr=False)
+
+
+def parse_challenges(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Schemes in the ``Proxy-Authenticate`` headers (lowercased) -> the challenge text.
+
+    The text is the whole challenge (``Digest realm=..., nonce=...``), or ``NTLM <token>``.
+    Parameters of Basic and Digest hold commas, so a part only starts a new challenge when
+    its first word is not a ``name=value`` parameter.
+    """
+    found: dict[str, str] = {}
+    for key, raw in headers:
+        if key.lower() != b"proxy-authenticate":
+            continue
+        value = raw.decode("latin-1")
+        current: str | None = None
+        for part in value.split(","):
+            stripped = part.strip()
+            first = stripped.split(" ", 1)[0]
+            if stripped and "=" not in first:
+                current = first.lower()
+                found.setdefault(current, stripped)
+            elif current is not None and stripped:
+                found[current] = found[current] + ", " + stripped
+    return found
+
+
+def _token(challenge: str | None) -> bytes | None:
+    if challenge is None:
+        return None
+    _, _, data = challenge.partition(" ")
+    data = data.strip()
+    if not data:
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None  # a malformed challenge token: treated as a rejection
+
+
+def _header(scheme: str, token: bytes | None) -> bytes:
+    return scheme.encode("ascii") + b" " + base64.b64encode(token or b"")
+
+
+def _auth_header(
+    flow: Generator[httpx.Request, httpx.Response, None], sent: httpx.Response | None
+) -> bytes | None:
+    """Run one step of an httpx auth flow; the Authorization it put on the request, if any."""
+    try:
+        request = next(flow) if sent is None else flow.send(sent)
+    except StopIteration:
+        return None
+    value = request.headers.get("Authorization")
+    return value.encode("latin-1") if value is not None else None
+
+
+_AnyAuth: typing.TypeAlias = _SpnegoAuth | httpx.BasicAuth | httpx.DigestAuth
+
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    """A scheme chosen for a proxy: how to answer it."""
+
+    key: str  # lowercased scheme of the Proxy-Authenticate header: "ntlm", "basic", ...
+    header: str  # the scheme as written in Proxy-Authorization
+    protocol: str | None  # pyspnego's protocol for NTLM/Negotiate/Kerberos
+    auth: _AnyAuth
+
+
+def _spnego_method(auth: _SpnegoAuth, offered: dict[str, str]) -> _Method | None:
+    tokens = {key: _token(offered[key]) for key in offered if key in _SPNEGO}
+    choice = auth._choose(tokens)
+    if choice is None:
+        return None
+    return _Method(choice[0].lower(), choice[0], choice[1], auth)
+
+
+_SPNEGO = ("negotiate", "kerberos", "ntlm")
+
+
+class ProxyAuthenticator:
+    """Answers one proxy's 407s with one set of credentials (an object per transport).
+
+    Args:
+        auth: What ``check_proxy_auth`` accepted, or None (then a 407 is explained, not
+            answered).
+        proxy_url: The proxy (credentials in it are ignored here: they come as ``auth``).
+    """
+
+    def __init__(self, auth: ProxyAuthTypes | None, proxy_url: httpx.URL) -> None:
+        self._proxy_url = proxy_url.copy_with(username=None, password=None)
+        self._proxy = str(self._proxy_url).rstrip("/")
+        self._auth: _AnyAuth | _Credentials | None = (
+            _Credentials(*auth) if isinstance(auth, tuple) else auth
+        )
+        # What the proxy was seen to want, learnt at its first 407 and then answered at once
+        # on every new connection (no anonymous request first).
+        self._learnt: _Method | None = None
+        self._logged: set[str] = set()
+        if isinstance(self._auth, httpx.BasicAuth):
+            # Basic given explicitly: sent with the first request, as httpx does.
+            self._learnt = _Method("basic", "Basic", None, self._auth)
+        self.partition: _ProxyPartition | None = None
+        if self._auth is not None:
+            self.partition = _ProxyPartition(self._proxy, _identity(self._auth))
+
+    @property
+    def configured(self) -> bool:
+        """Whether credentials were given (otherwise a 407 is explained, not answered)."""
+        return self._auth is not None
+
+    def may_challenge(self) -> bool:
+        """Whether a request may meet a 407 it must be sent again for (all but Basic)."""
+        return self._learnt is None or self._learnt.key != "basic"
+
+    def __repr__(self) -> str:
+        return f"<ProxyAuthenticator {self._proxy} {self._auth!r}>"
+
+    def _choose(self, offered: dict[str, str]) -> _Method | None:
+        auth = self._auth
+        if isinstance(auth, _SpnegoAuth):
+            return _spnego_method(auth, offered)
+        if isinstance(auth, httpx.BasicAuth):
+            return _Method("basic", "Basic", None, auth) if "basic" in offered else None
+        if isinstance(auth, httpx.DigestAuth):
+            return _Method("digest", "Digest", None, auth) if "digest" in offered else None
+        if not isinstance(auth, _Credentials):
+            return None
+        # curl's --proxy-anyauth: the strongest scheme offered, with these credentials.
+        for key in _STRENGTH:
+            if key not in offered:
+                continue
+            if key in ("negotiate", "kerberos") and "ntlm" in offered and "@" not in auth.user:
+                # DOMAIN\user is no Kerberos principal: NTLM, offered too, is what can work
+                # (asking a KDC about DOMAIN\user would only fail).
+                continue
+            method: _Method | None
+            if key in _SPNEGO:
+                spnego_auth: _SpnegoAuth = (
+                    NTLMAuth(auth.user, auth.password)
+                    if key == "ntlm"
+                    else NegotiateAuth(auth.user, auth.password)
+                )
+                method = _spnego_method(spnego_auth, {key: offered[key]})
+            elif key == "digest":
+                method = _Method(key, "Digest", None, httpx.DigestAuth(auth.user, auth.password))
+            else:
+                method = _Method(key, "Basic", None, httpx.BasicAuth(auth.user, auth.password))
+            if method is None:  # pragma: no cover - each class accepts its own scheme
+                continue
+            if method.key not in self._logged:
+                self._logged.add(method.key)
+                logger.info(
+                    "proxy %s offered %s: answering with %s and the proxy URL's credentials",
+                    self._proxy,
+                    ", ".join(_display(k) for k in offered),
+                    method.header,
+                )
+            return method
+        return None
+
+    async def run(self, channel: Channel, method: str, target: str) -> ResponseHead:
+        """Send one request through ``channel``, answering 407s; the final response head.
+
+        Raises:
+            ProxyAuthenticationError: a final 407 (no credentials given, none for the schemes
+                offered, credentials rejected, the proxy closed between legs).
+        """
+        leg = _Handshake(self, channel, method, target)
+        value = await leg.opening()
+        restarts = 0
+        for _ in range(_MAX_LEGS):
+            head = await channel.send(value, body=not leg.intermediate)
+            if head.status != 407:
+                await leg.finished(head)
+                return head
+            offered = parse_challenges(head.headers)
+            async for _chunk in head.stream:  # drained, so the next leg can use the connection
+                pass
+            alive = channel.reusable()
+            value = await leg.after_407(offered)
+            if alive:
+                continue
+            if leg.bound_to_connection and leg.mid_handshake:
+                # The challenge belongs to the closed connection: the proxy cannot
+                # check an answer sent on another. Start over on a new one, once.
+                restarts += 1
+                if restarts > 1:
+                    raise self._error(
+                        offered,
+                        "closed",
+                        "it closed the connection between the legs of the "
+                        f"{leg.method_name} handshake, which cannot move to another "
+                        "connection",
+                    )
+                value = await leg.restart()
+            await channel.reconnect()
+        raise self._error({}, "closed", f"the handshake did not finish after {_MAX_LEGS} legs")
+
+    def _error(self, offered: dict[str, str], reason: str, why: str) -> ProxyAuthenticationError:
+        schemes = tuple(_display(key) for key in offered)
+        return ProxyAuthenticationError(
+            f"Proxy authentication to {self._proxy} failed "
+            f"(407, offered: {', '.join(schemes) or 'no scheme'}): {why}.",
+            proxy=self._proxy,
+            offered=schemes,
+            reason=reason,
+        )
+
+
+class _Handshake:
+    """The state of one request's proxy handshake (locals of ``ProxyAuthenticator.run``)."""
+
+    def __init__(
+        self, owner: ProxyAuthenticator, channel: Channel, method: str, target: str
+    ) -> None:
+        self.owner = owner
+        self.channel = channel
+        self.request_method = method
+        self.target = target
+        self.method: _Method | None = None
+        self.context: spnego.ContextProxy | None = None
+        self.flow: Generator[httpx.Request, httpx.Response, None] | None = None
+        self.sent = False  # credentials went out with the last leg
+        self.intermediate = False  # the last leg was NTLM's negotiate message
+        self.mid_handshake = False  # a challenge token of the proxy was answered
+
+    @property
+    def bound_to_connection(self) -> bool:
+        return self.method is not None and self.method.protocol is not None
+
+    @property
+    def method_name(self) -> str:
+        return self.method.header if self.method is not None else ""
+
+    def _request(self) -> httpx.Request:
+        # What the auth objects see: the proxy's URL (the SPN is HTTP/<proxy>; errors name the
+        # proxy); Digest hashes the request target, absolute-form for forward proxying.
+        if self.request_method == "CONNECT":
+            return httpx.Request("CONNECT", self.owner._proxy_url)
+        return httpx.Request(self.request_method, self.target)
+
+    async def opening(self) -> bytes | None:
+        """The Proxy-Authorization of the first leg: at once when the scheme is known."""
+        learnt = self.owner._learnt
+        if learnt is None:
+            return None
+        if learnt.protocol is not None and self.channel.authenticated:
+            return None  # this connection is authenticated already
+        self.method = learnt
+        return await self._start()
+
+    async def restart(self) -> bytes | None:
+        return await self._start()
+
+    async def _start(self, challenge: str | None = None) -> bytes | None:
+        method = self.method
+        assert method is not None
+        self.context = None
+        self.intermediate = self.mid_handshake = False
+        auth = method.auth
+        if isinstance(auth, _SpnegoAuth):
+            assert method.protocol is not None
+            bindings = None
+            if auth._channel_binding:
+                # An https:// proxy: bound to the proxy's certificate (None over plain TCP).
+                bindings = _channel_bindings(
+                    httpx.Response(200, extensions={"network_stream": self.channel.network_stream})
+                )
+            request = self._request()
+            try:
+                self.context = await auth._new_context(method.protocol, request, bindings)
+                token = await auth._step(self.context, None, method.header, request)
+            except httpx.HTTPError as exc:
+                raise self.owner._error({}, "provider", str(exc)) from exc
+            # NTLM's negotiate leg is always answered with a 407: do not upload the body.
+            self.intermediate = _is_ntlm(self.context)
+            self.sent = True
+            return _header(method.header, token)
+        self.flow = auth.sync_auth_flow(self._request())
+        value = _auth_header(self.flow, None)  # Basic; Digest once it knows a challenge
+        if challenge is not None:
+            value = _auth_header(self.flow, _as_401(challenge, self._request()))
+        self.sent = value is not None
+        return value
+
+    async def after_407(self, offered: dict[str, str]) -> bytes | None:
+        """The Proxy-Authorization of the next leg, after a 407 offering ``offered``."""
+        owner = self.owner
+        if not owner.configured:
+            raise owner._error(
+                offered,
+                "no_credentials",
+                "no proxy credentials were given; pass proxy_auth=NTLMAuth(user, password), "
+                "NegotiateAuth() or httpx.BasicAuth(user, password) to ExClient, or "
+                "proxy=httpx_extensions.Proxy(url, auth=...), or put the user and password "
+                "in the proxy URL",
+            )
+        method = self.method
+        if self.sent and method is not None:
+            if self.context is not None and not self.context.complete:
+                in_token = _token(offered.get(method.key))
+                if in_token is not None:
+                    assert isinstance(method.auth, _SpnegoAuth)
+                    try:
+                        token = await method.auth._step(
+                            self.context, in_token, method.header, self._request()
+                        )
+                    except httpx.HTTPError as exc:
+                        raise owner._error(offered, "provider", str(exc)) from exc
+                    self.intermediate = False
+                    self.mid_handshake = True
+                    return _header(method.header, token)
+            elif self.flow is not None and "digest" in offered:
+                # A 407 to a header built from an older challenge (a stale nonce) earns one
+                # more try with the new one; httpx's flow ends after that.
+                value = _auth_header(self.flow, _as_401(offered["digest"], self._request()))
+                if value is not None:
+                    return value
+            raise owner._error(
+                offered,
+                "rejected",
+                f"it rejected the {method.header} credentials (a wrong user name or password, "
+                "or an account the proxy does not allow)",
+            )
+        chosen = owner._choose(offered)
+        if chosen is None:
+            raise owner._error(
+                offered,
+                "unsupported_scheme",
+                f"the proxy credentials given ({_describe(owner._auth)}) can answer none of "
+                "the schemes it offers",
+            )
+        owner._learnt = self.method = chosen
+        return await self._start(offered.get("digest") if chosen.key == "digest" else None)
+
+    async def finished(self, head: ResponseHead) -> None:
+        method = self.method
+        if method is None or method.protocol is None or self.context is None:
+            return
+        if head.status >= 400:
+            return
+        in_token = _token(parse_challenges(head.headers).get(method.key))
+        if in_token is not None and not self.context.complete:
+            # Mutual authentication: the proxy's last token proves who it is.
+            assert isinstance(method.auth, _SpnegoAuth)
+            await method.auth._step(self.context, in_token, method.header, self._request())
+        self.channel.authenticated = True
+
+
+def _as_401(challenge: str, request: httpx.Request) -> httpx.Response:
+    # httpx.DigestAuth reads WWW-Authenticate on a 401; a proxy's challenge is the same text.
+    return httpx.Response(401, headers={"WWW-Authenticate": challenge}, request=request)
+
+
+def _identity(auth: object) -> Hashable:
+    if isinstance(auth, _SpnegoAuth):
+        return auth._partition
+    if isinstance(auth, _Credentials):
+        digest = hashlib.sha256(auth.password.encode("utf-8")).hexdigest()[:16]
+        return ("credentials", auth.user.casefold(), digest)
+    return auth  # Basic/Digest objects: hashed by identity (one per transport anyway)
+
+
+def _describe(auth: object) -> str:
+    if isinstance(auth, _Credentials):
+        return "a user and password"
+    return type(auth).__name__
+
+
+def _display(key: str) -> str:
+    return {"ntlm": "NTLM"}.get(key, key.capitalize())
