@@ -712,8 +712,8 @@ class _AcceptorServer(KeepAliveServer[_RecordT, _ConnectionAuth], Generic[_Recor
 
         Raises:
             RuntimeError: Another ``IISLikeServer`` or ``AuthProxy`` with a different user
-                file is running in this process (``NTLM_USER_FILE`` is process-wide), the server was started
-                before, or the listener could not be opened.
+                file is running in this process (``NTLM_USER_FILE`` is process-wide), the
+                server was started before, or the listener could not be opened.
         """
         acquired = False
         if not self._env_acquired:  # a second start() must not take (or drop) it again
