@@ -35,10 +35,13 @@ from ._iis import (
     tls_server_end_point,
     write_user_file,
 )
+from ._proxy import AuthProxy, ProxyRequestRecord
 
 __all__ = [
+    "AuthProxy",
     "IISLikeServer",
     "NTLMRequestRecord",
+    "ProxyRequestRecord",
     "channel_bindings_for",
     "ntlm_message_type",
     "tls_server_end_point",
