@@ -26,8 +26,10 @@ import binascii
 import dataclasses
 import hashlib
 import logging
+import secrets
 import typing
 from collections.abc import Generator, Hashable
+from urllib.request import parse_http_list, parse_keqv_list
 
 import httpx
 import spnego
@@ -209,19 +211,116 @@ def _header(scheme: str, token: bytes | None) -> bytes:
     return scheme.encode("ascii") + b" " + base64.b64encode(token or b"")
 
 
-def _auth_header(
-    flow: Generator[httpx.Request, httpx.Response, None], sent: httpx.Response | None
-) -> bytes | None:
-    """Run one step of an httpx auth flow; the Authorization it put on the request, if any."""
+def _auth_header(flow: Generator[httpx.Request, httpx.Response, None]) -> bytes | None:
+    """The Authorization an httpx auth flow (Basic) puts on its first request, if any."""
     try:
-        request = next(flow) if sent is None else flow.send(sent)
-    except StopIteration:
+        request = next(flow)
+    except StopIteration:  # pragma: no cover - BasicAuth always yields
         return None
     value = request.headers.get("Authorization")
     return value.encode("latin-1") if value is not None else None
 
 
-_AnyAuth: typing.TypeAlias = _SpnegoAuth | httpx.BasicAuth | httpx.DigestAuth
+class _Digest:
+    """Digest (RFC 7616) for a proxy: the digest-uri is the request target of the proxy
+    request (``host:port`` for CONNECT, the absolute URL when forwarding), which
+    ``httpx.DigestAuth`` cannot produce (it hashes the URL's path).
+
+    The last challenge is shared by the requests of one transport, as httpx shares it, so
+    later requests answer at once; the nonce count goes up with each use.
+    """
+
+    _HASHES: typing.ClassVar[dict[str, str]] = {
+        "MD5": "md5",
+        "MD5-SESS": "md5",
+        "SHA": "sha1",
+        "SHA-SESS": "sha1",
+        "SHA-256": "sha256",
+        "SHA-256-SESS": "sha256",
+        "SHA-512": "sha512",
+        "SHA-512-SESS": "sha512",
+    }
+
+    def __init__(self, user: str, password: str) -> None:
+        self._user = user
+        self._password = password
+        self._challenge: dict[str, str] | None = None
+        self._count = 0
+
+    @classmethod
+    def of(cls, auth: httpx.DigestAuth) -> _Digest:
+        # httpx.DigestAuth keeps the credentials as private bytes attributes; read once here.
+        try:
+            user, password = auth._username, auth._password
+        except AttributeError as exc:  # pragma: no cover - a future httpx
+            raise TypeError(
+                "this httpx.DigestAuth has no credentials ExClient can read for a proxy; "
+                "pass proxy_auth=(user, password) instead"
+            ) from exc
+        return cls(user.decode("utf-8"), password.decode("utf-8"))
+
+    def __repr__(self) -> str:
+        return f"DigestAuth({self._user!r})"
+
+    def learn(self, challenge: str) -> bool:
+        """Take a challenge (``Digest realm=..., nonce=...``); False when it is unusable."""
+        _, _, fields = challenge.partition(" ")
+        params = {k.lower(): v for k, v in parse_keqv_list(parse_http_list(fields)).items()}
+        if "realm" not in params or "nonce" not in params:
+            return False
+        if params.get("algorithm", "MD5").upper() not in self._HASHES:
+            return False
+        qop = params.get("qop")
+        if qop is not None and "auth" not in [q.strip() for q in qop.split(",")]:
+            return False
+        self._challenge = params
+        self._count = 0
+        return True
+
+    @property
+    def nonce(self) -> str | None:
+        return self._challenge["nonce"] if self._challenge is not None else None
+
+    def header(self, method: str, uri: str) -> bytes | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        algorithm = challenge.get("algorithm", "MD5").upper()
+        name = self._HASHES[algorithm]
+
+        def h(data: str) -> str:
+            return hashlib.new(name, data.encode("utf-8")).hexdigest()
+
+        self._count += 1
+        nc = f"{self._count:08x}"
+        cnonce = secrets.token_hex(8)
+        realm, nonce = challenge["realm"], challenge["nonce"]
+        ha1 = h(f"{self._user}:{realm}:{self._password}")
+        if algorithm.endswith("-SESS"):
+            ha1 = h(f"{ha1}:{nonce}:{cnonce}")
+        ha2 = h(f"{method}:{uri}")
+        fields = [
+            f'username="{_quote(self._user)}"',
+            f'realm="{_quote(realm)}"',
+            f'nonce="{_quote(nonce)}"',
+            f'uri="{_quote(uri)}"',
+        ]
+        if "qop" in challenge:
+            response = h(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+            fields += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
+        else:
+            response = h(f"{ha1}:{nonce}:{ha2}")
+        fields += [f'response="{response}"', f"algorithm={challenge.get('algorithm', 'MD5')}"]
+        if "opaque" in challenge:
+            fields.append(f'opaque="{_quote(challenge["opaque"])}"')
+        return ("Digest " + ", ".join(fields)).encode("utf-8")
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+_AnyAuth: typing.TypeAlias = _SpnegoAuth | httpx.BasicAuth | _Digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,9 +356,15 @@ class ProxyAuthenticator:
     def __init__(self, auth: ProxyAuthTypes | None, proxy_url: httpx.URL) -> None:
         self._proxy_url = proxy_url.copy_with(username=None, password=None)
         self._proxy = str(self._proxy_url).rstrip("/")
-        self._auth: _AnyAuth | _Credentials | None = (
-            _Credentials(*auth) if isinstance(auth, tuple) else auth
-        )
+        self._auth: _AnyAuth | _Credentials | None
+        if isinstance(auth, tuple):
+            self._auth = _Credentials(*auth)
+        elif isinstance(auth, httpx.DigestAuth):
+            self._auth = _Digest.of(auth)
+        else:
+            self._auth = auth
+        # Auth objects made for URL credentials, one per scheme, kept for what they learn.
+        self._anyauth: dict[str, _AnyAuth] = {}
         # What the proxy was seen to want, learnt at its first 407 and then answered at once
         # on every new connection (no anonymous request first).
         self._learnt: _Method | None = None
@@ -289,7 +394,7 @@ class ProxyAuthenticator:
             return _spnego_method(auth, offered)
         if isinstance(auth, httpx.BasicAuth):
             return _Method("basic", "Basic", None, auth) if "basic" in offered else None
-        if isinstance(auth, httpx.DigestAuth):
+        if isinstance(auth, _Digest):
             return _Method("digest", "Digest", None, auth) if "digest" in offered else None
         if not isinstance(auth, _Credentials):
             return None
@@ -301,18 +406,14 @@ class ProxyAuthenticator:
                 # DOMAIN\user is no Kerberos principal: NTLM, offered too, is what can work
                 # (asking a KDC about DOMAIN\user would only fail).
                 continue
+            made = self._anyauth.get(key)
+            if made is None:
+                made = self._anyauth[key] = _for_scheme(key, auth)
             method: _Method | None
-            if key in _SPNEGO:
-                spnego_auth: _SpnegoAuth = (
-                    NTLMAuth(auth.user, auth.password)
-                    if key == "ntlm"
-                    else NegotiateAuth(auth.user, auth.password)
-                )
-                method = _spnego_method(spnego_auth, {key: offered[key]})
-            elif key == "digest":
-                method = _Method(key, "Digest", None, httpx.DigestAuth(auth.user, auth.password))
+            if isinstance(made, _SpnegoAuth):
+                method = _spnego_method(made, {key: offered[key]})
             else:
-                method = _Method(key, "Basic", None, httpx.BasicAuth(auth.user, auth.password))
+                method = _Method(key, key.capitalize(), None, made)
             if method is None:  # pragma: no cover - each class accepts its own scheme
                 continue
             if method.key not in self._logged:
@@ -387,7 +488,7 @@ class _Handshake:
         self.target = target
         self.method: _Method | None = None
         self.context: spnego.ContextProxy | None = None
-        self.flow: Generator[httpx.Request, httpx.Response, None] | None = None
+        self.nonce: str | None = None  # the Digest nonce the last leg answered
         self.sent = False  # credentials went out with the last leg
         self.intermediate = False  # the last leg was NTLM's negotiate message
         self.mid_handshake = False  # a challenge token of the proxy was answered
@@ -444,10 +545,15 @@ class _Handshake:
             self.intermediate = _is_ntlm(self.context)
             self.sent = True
             return _header(method.header, token)
-        self.flow = auth.sync_auth_flow(self._request())
-        value = _auth_header(self.flow, None)  # Basic; Digest once it knows a challenge
-        if challenge is not None:
-            value = _auth_header(self.flow, _as_401(challenge, self._request()))
+        if isinstance(auth, _Digest):
+            if challenge is not None and not auth.learn(challenge):
+                raise self.owner._error(
+                    {"digest": challenge}, "unsupported_scheme", "its Digest challenge is unusable"
+                )
+            self.nonce = auth.nonce
+            value = auth.header(self.request_method, self.target)
+        else:
+            value = _auth_header(auth.sync_auth_flow(self._request()))
         self.sent = value is not None
         return value
 
@@ -478,12 +584,13 @@ class _Handshake:
                     self.intermediate = False
                     self.mid_handshake = True
                     return _header(method.header, token)
-            elif self.flow is not None and "digest" in offered:
-                # A 407 to a header built from an older challenge (a stale nonce) earns one
-                # more try with the new one; httpx's flow ends after that.
-                value = _auth_header(self.flow, _as_401(offered["digest"], self._request()))
-                if value is not None:
-                    return value
+            elif isinstance(method.auth, _Digest) and "digest" in offered:
+                # A 407 to a header built from an older nonce (stale, or another request's
+                # use raced ahead) earns one more try with the new one.
+                fresh = offered["digest"]
+                if method.auth.learn(fresh) and method.auth.nonce != self.nonce:
+                    self.nonce = method.auth.nonce
+                    return method.auth.header(self.request_method, self.target)
             raise owner._error(
                 offered,
                 "rejected",
@@ -515,9 +622,14 @@ class _Handshake:
         self.channel.authenticated = True
 
 
-def _as_401(challenge: str, request: httpx.Request) -> httpx.Response:
-    # httpx.DigestAuth reads WWW-Authenticate on a 401; a proxy's challenge is the same text.
-    return httpx.Response(401, headers={"WWW-Authenticate": challenge}, request=request)
+def _for_scheme(key: str, creds: _Credentials) -> _AnyAuth:
+    if key == "ntlm":
+        return NTLMAuth(creds.user, creds.password)
+    if key in ("negotiate", "kerberos"):
+        return NegotiateAuth(creds.user, creds.password)
+    if key == "digest":
+        return _Digest(creds.user, creds.password)
+    return httpx.BasicAuth(creds.user, creds.password)
 
 
 def _identity(auth: object) -> Hashable:
@@ -532,6 +644,10 @@ def _identity(auth: object) -> Hashable:
 def _describe(auth: object) -> str:
     if isinstance(auth, _Credentials):
         return "a user and password"
+    if isinstance(auth, _Digest):
+        return "httpx.DigestAuth"
+    if isinstance(auth, httpx.BasicAuth):
+        return "httpx.BasicAuth"
     return type(auth).__name__
 
 
