@@ -10,7 +10,6 @@ IISLikeServer (NTLM to the origin inside the tunnel).
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 import trustme
@@ -25,7 +25,6 @@ import trustme
 from httpx_extensions import (
     ExClient,
     ExTransport,
-    NegotiateAuth,
     NTLMAuth,
     Proxy,
     ProxyAuthenticationError,
@@ -125,7 +124,8 @@ async def test_proxy_repr_and_raw_auth_never_show_a_password() -> None:
     assert isinstance(with_object.auth, NTLMAuth)
     basic = Proxy("http://127.0.0.1:3128", auth=httpx.BasicAuth(*ALICE))
     shown = [repr(p) for p in (from_url, with_object, basic)]
-    assert "EXAMPLE\\\\alice" in shown[0] and "EXAMPLE\\\\alice" in shown[1]
+    assert "EXAMPLE\\\\alice" in shown[0]
+    assert "EXAMPLE\\\\alice" in shown[1]
     for text in shown:
         no_secret_in(text)
     transport = ExTransport(proxy=with_object)
@@ -165,7 +165,7 @@ async def test_proxy_ntlm_forward_stays_authenticated_and_connect_starts_at_once
         (2, "CONNECT", 200, "NTLM"),
     ]
     assert ntlm_proxy.handshakes_completed == 2
-    assert [r.user for r in ntlm_proxy.log if r.status == 200][0] == "EXAMPLE\\alice"
+    assert next(r.user for r in ntlm_proxy.log if r.status == 200) == "EXAMPLE\\alice"
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -313,7 +313,8 @@ async def test_proxy_url_credentials_upgrade_to_ntlm_and_never_go_out_as_basic(
         assert {r.user for r in proxy.log if r.status == 200} == {"EXAMPLE\\alice"}
         chosen = [r.getMessage() for r in caplog.records if "answering with" in r.getMessage()]
         assert len(chosen) == 1  # once per proxy
-        assert "NTLM" in chosen[0] and proxy.url.rstrip("/") in chosen[0]
+        assert "NTLM" in chosen[0]
+        assert proxy.url.rstrip("/") in chosen[0]
         no_secret_in(caplog.text)
 
 
@@ -403,7 +404,8 @@ async def test_proxy_two_identities_on_one_client_never_share_a_connection(
                     tg.start_soon(get, other.url + "/")
             assert_pool_clean(client)
             for info in client.connections:
-                assert "Passw0rd" not in repr(info) and "S3cret" not in repr(info)
+                assert "Passw0rd" not in repr(info)
+                assert "S3cret" not in repr(info)
     users: dict[int, set[str | None]] = {}
     for record in ntlm_proxy.log:
         users.setdefault(record.conn_seq, set()).add(record.user)
@@ -454,7 +456,8 @@ async def test_proxy_that_closes_after_each_407_gets_the_handshake_on_a_new_conn
         log = legs(proxy)
         # After the 407 that closed connection 1, connection 2 starts with credentials.
         assert log[0] == (1, "GET", 407, None)
-        assert log[1][0] == 2 and log[1][3] == scheme
+        assert log[1][0] == 2
+        assert log[1][3] == scheme
         assert all(r.scheme == scheme for r in proxy.log[1:] if r.method == "CONNECT")
         assert proxy.errors == []
 
@@ -501,7 +504,8 @@ async def test_proxy_wrong_password_is_a_proxy_error_without_secrets(
             assert error.proxy == ntlm_proxy.url.rstrip("/")
             message = str(error)
             assert ntlm_proxy.url.rstrip("/") in message
-            assert "NTLM" in message and "rejected" in message
+            assert "NTLM" in message
+            assert "rejected" in message
             no_secret_in(message + repr(error))
             assert error.request.url == httpx.URL(target + "/")
         assert_pool_clean(client)
@@ -557,19 +561,22 @@ async def test_proxy_cancellation_during_a_connect_handshake_leaves_nothing_rese
     async with ExClient(
         proxy=ntlm_proxy.url, proxy_auth=NTLMAuth(*ALICE), verify=client_ssl_context
     ) as client:
-        seen: list[str] = []
+        waits: list[str] = []
         with anyio.CancelScope() as scope:
 
             async def trace(name: str, info: dict[str, Any]) -> None:
-                seen.append(name)
                 # The second CONNECT leg (the one with the NTLM negotiate message) is out:
                 # cancel while its 407 is awaited.
-                if name.endswith("receive_response_headers.started") and len(ntlm_proxy.log) >= 1:
+                if name.endswith("receive_response_headers.started"):
+                    waits.append(name)
+                if len(waits) == 2:
                     scope.cancel()
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
 
             await client.get(tls_origin.url + "/", extensions={"trace": trace})
         assert scope.cancelled_caught
+        assert len(waits) == 2
+        assert ntlm_proxy.tunnels_opened == 0  # cancelled before the handshake finished
         assert client.connections == []  # the half-done tunnel was closed, not pooled
         assert_pool_clean(client)
         # The client still works afterwards, on a fresh connection and handshake.
@@ -615,3 +622,58 @@ async def test_proxy_2000_requests_at_concurrency_50_through_10_connections(
     else:
         assert ntlm_proxy.tunnels_opened == ntlm_proxy.connections_opened
     assert ntlm_proxy.handshakes_completed == ntlm_proxy.connections_opened
+
+
+# -- on the wire ------------------------------------------------------------------------------
+
+
+class _RecordingProxy:
+    """A socket that records one request head and answers it with 403 (then closes)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.heads: list[bytes] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._sock.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            self.heads.append(data)
+            conn.sendall(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+
+    def close(self) -> None:
+        self._thread.join()
+        self._sock.close()
+
+
+async def test_proxy_connect_asks_for_keep_alive_and_carries_no_origin_credentials() -> None:
+    recorder = _RecordingProxy()
+    try:
+        async with ExClient(
+            proxy=recorder.url, proxy_auth=httpx.BasicAuth(*ALICE), auth=httpx.BasicAuth(*BOB)
+        ) as client:
+            with pytest.raises(httpx.ProxyError, match="403"):
+                await client.get("https://127.0.0.1:9/")
+            assert_pool_clean(client)
+    finally:
+        recorder.close()
+    (head,) = recorder.heads
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "CONNECT 127.0.0.1:9 HTTP/1.1"
+    assert "Proxy-Connection: Keep-Alive" in lines
+    expected = base64.b64encode(b"EXAMPLE\\alice:Passw0rd").decode()
+    assert f"Proxy-Authorization: Basic {expected}" in lines
+    assert not any(line.lower().startswith("authorization:") for line in lines)
