@@ -287,10 +287,16 @@ async def test_proxy_basic_goes_with_every_request_and_digest_answers_challenges
             for url in (origin.url, origin.url, tls_origin.url):
                 assert (await client.get(url + "/")).status_code == 200
             assert_pool_clean(client)
-        statuses = [(r.method, r.status, r.scheme) for r in proxy.log]
-        assert statuses[:2] == [("GET", 407, None), ("GET", 200, "Digest")]
-        assert ("CONNECT", 200, "Digest") in statuses
-        assert {r.user for r in proxy.log if r.status == 200} == {"EXAMPLE\\alice"}
+            statuses = [(r.method, r.status, r.scheme) for r in proxy.log]
+            assert statuses[:2] == [("GET", 407, None), ("GET", 200, "Digest")]
+            assert ("CONNECT", 200, "Digest") in statuses
+            assert {r.user for r in proxy.log if r.status == 200} == {"EXAMPLE\\alice"}
+            # The proxy forgets its nonces (a restart): the next preemptive answer is refused,
+            # and the new challenge is answered once, on the same connection.
+            proxy._digest_nonces.clear()
+            proxy.reset()
+            assert (await client.get(origin.url + "/")).status_code == 200
+            assert legs(proxy) == [(1, "GET", 407, "Digest"), (1, "GET", 200, "Digest")]
 
 
 # -- URL credentials and the environment -----------------------------------------------------
@@ -307,8 +313,16 @@ async def test_proxy_url_credentials_upgrade_to_ntlm_and_never_go_out_as_basic(
         url = proxy.url.replace("http://", "http://EXAMPLE%5Calice:Passw0rd@")
         with caplog.at_level(logging.INFO, logger="httpx_extensions.auth"):
             async with ExClient(proxy=url, verify=client_ssl_context) as client:
-                for target in (origin.url, tls_origin.url, origin.url):
+
+                async def get(target: str) -> None:
                     assert (await client.get(target + "/")).status_code == 200
+
+                # First requests at once: each meets a 407, one INFO line all the same.
+                async with anyio.create_task_group() as tg:
+                    for _ in range(5):
+                        tg.start_soon(get, origin.url)
+                for target in (origin.url, tls_origin.url, origin.url):
+                    await get(target)
         assert {r.scheme for r in proxy.log} == {None, "NTLM"}  # never Basic
         assert {r.user for r in proxy.log if r.status == 200} == {"EXAMPLE\\alice"}
         chosen = [r.getMessage() for r in caplog.records if "answering with" in r.getMessage()]
@@ -376,6 +390,24 @@ async def test_proxy_environment_url_credentials_upgrade_to_ntlm(
     async with ExClient(verify=client_ssl_context) as client:
         assert (await client.get(tls_origin.url + "/")).status_code == 200
     assert [r.user for r in ntlm_proxy.log if r.status == 200] == ["EXAMPLE\\bob"]
+
+
+async def test_proxy_auth_precedence_proxy_object_then_proxy_auth_then_url_credentials(
+    ntlm_proxy: AuthProxy, origin: LoopbackServer
+) -> None:
+    bob_in_url = ntlm_proxy.url.replace("http://", "http://EXAMPLE%5Cbob:S3cret!@")
+    cases = [
+        # proxy_auth= overrides credentials in the URL (as curl's --proxy-user does)...
+        (bob_in_url, NTLMAuth(*ALICE), "EXAMPLE\\alice"),
+        # ...and an auth object on the Proxy itself overrides proxy_auth=.
+        (Proxy(ntlm_proxy.url, auth=NTLMAuth(*BOB)), NTLMAuth(*ALICE), "EXAMPLE\\bob"),
+        (bob_in_url, None, "EXAMPLE\\bob"),
+    ]
+    for proxy, proxy_auth, user in cases:
+        ntlm_proxy.reset()
+        async with ExClient(proxy=proxy, proxy_auth=proxy_auth) as client:
+            assert (await client.get(origin.url + "/")).status_code == 200
+        assert [r.user for r in ntlm_proxy.log if r.status == 200] == [user]
 
 
 # -- isolation --------------------------------------------------------------------------------
@@ -628,9 +660,10 @@ async def test_proxy_2000_requests_at_concurrency_50_through_10_connections(
 
 
 class _RecordingProxy:
-    """A socket that records one request head and answers it with 403 (then closes)."""
+    """A socket that records one request head and answers it (403 unless told), then closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n") -> None:
+        self._answer = answer + b"Connection: close\r\n\r\n"
         import socket
         import threading
 
@@ -650,9 +683,7 @@ class _RecordingProxy:
                     break
                 data += chunk
             self.heads.append(data)
-            conn.sendall(
-                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
+            conn.sendall(self._answer)
 
     def close(self) -> None:
         self._thread.join()
@@ -677,3 +708,18 @@ async def test_proxy_connect_asks_for_keep_alive_and_carries_no_origin_credentia
     expected = base64.b64encode(b"EXAMPLE\\alice:Passw0rd").decode()
     assert f"Proxy-Authorization: Basic {expected}" in lines
     assert not any(line.lower().startswith("authorization:") for line in lines)
+
+
+async def test_proxy_digest_challenge_that_cannot_be_answered_is_an_error_saying_so() -> None:
+    recorder = _RecordingProxy(
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n"
+        b'Proxy-Authenticate: Digest realm="r", nonce="n", qop="auth-int"\r\n'
+    )
+    try:
+        async with ExClient(proxy=recorder.url, proxy_auth=httpx.DigestAuth(*ALICE)) as client:
+            with pytest.raises(ProxyAuthenticationError, match="Digest challenge is unusable"):
+                await client.get("http://127.0.0.1:9/")
+            assert_pool_clean(client)
+    finally:
+        recorder.close()
+    assert len(recorder.heads) == 1
