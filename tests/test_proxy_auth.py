@@ -239,6 +239,31 @@ async def test_proxy_ntlm_and_origin_ntlm_with_channel_binding_in_one_tunnel(
     assert {r.user for r in ntlm_proxy.log if r.status == 200} == {"EXAMPLE\\alice"}
 
 
+async def test_proxy_ntlm_and_origin_ntlm_through_a_forward_proxy(
+    ntlm_proxy: AuthProxy, user_file: Path
+) -> None:
+    with IISLikeServer(user_file=user_file) as iis:
+        async with ExClient(
+            proxy=ntlm_proxy.url, proxy_auth=NTLMAuth(*ALICE), auth=NTLMAuth(*BOB)
+        ) as client:
+            responses = [await client.get(iis.url + "/") for _ in range(3)]
+            assert [r.status_code for r in responses] == [200] * 3
+            assert_pool_clean(client)
+        assert iis.handshakes_completed == 1
+        assert {r.user for r in iis.log if r.status == 200} == {"EXAMPLE\\bob"}
+    # The origin's 401s came through the proxy: the proxy connection stayed authenticated.
+    assert ntlm_proxy.handshakes_completed == 1
+    assert [(r.status, r.scheme) for r in ntlm_proxy.log] == [
+        (407, None),
+        (407, "NTLM"),
+        (401, "NTLM"),  # proxy handshake done; the origin's anonymous 401
+        (401, None),  # the origin's NTLM legs, no proxy header
+        (200, None),
+        (200, None),
+        (200, None),
+    ]
+
+
 async def test_proxy_https_proxy_binds_ntlm_to_the_proxy_certificate(
     user_file: Path,
     ca: trustme.CA,

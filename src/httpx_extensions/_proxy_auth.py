@@ -612,8 +612,8 @@ class _Handshake:
         method = self.method
         if method is None or method.protocol is None or self.context is None:
             return
-        if head.status >= 400:
-            return
+        # Any answer but a 407 means the proxy took the credentials: an origin's 401 or 500
+        # passed through it still leaves the proxy connection authenticated.
         in_token = _token(parse_challenges(head.headers).get(method.key))
         if in_token is not None and not self.context.complete:
             # Mutual authentication: the proxy's last token proves who it is.
