@@ -25,6 +25,7 @@ import trustme
 from httpx_extensions import (
     ExClient,
     ExTransport,
+    NegotiateAuth,
     NTLMAuth,
     Proxy,
     ProxyAuthenticationError,
@@ -748,3 +749,25 @@ async def test_proxy_digest_challenge_that_cannot_be_answered_is_an_error_saying
     finally:
         recorder.close()
     assert len(recorder.heads) == 1
+
+
+async def test_proxy_negotiate_falls_back_to_ntlm_inside_spnego(
+    user_file: Path,
+    origin: LoopbackServer,
+    tls_origin: LoopbackServer,
+    client_ssl_context: ssl.SSLContext,
+) -> None:
+    with AuthProxy(user_file=user_file, schemes=("Negotiate",)) as proxy:
+        async with ExClient(
+            proxy=proxy.url, proxy_auth=NegotiateAuth(*ALICE), verify=client_ssl_context
+        ) as client:
+            for target in (origin.url, origin.url, tls_origin.url):
+                assert (await client.get(target + "/")).status_code == 200
+            assert_pool_clean(client)
+        passed = [r for r in proxy.log if r.handshake]
+        assert [(r.method, r.mechanism, r.user) for r in passed] == [
+            ("GET", "ntlm", "EXAMPLE\\alice"),
+            ("CONNECT", "ntlm", "EXAMPLE\\alice"),
+        ]
+        assert {r.scheme for r in proxy.log} == {None, "Negotiate"}
+        assert proxy.errors == []
