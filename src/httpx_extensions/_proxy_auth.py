@@ -34,7 +34,7 @@ from urllib.request import parse_http_list, parse_keqv_list
 import httpx
 import spnego
 
-from ._auth import NegotiateAuth, NTLMAuth, _channel_bindings, _is_ntlm, _SpnegoAuth
+from ._auth import NegotiateAuth, NTLMAuth, _channel_bindings, _is_ntlm, _mechanism, _SpnegoAuth
 from ._exceptions import ProxyAuthenticationError
 
 if typing.TYPE_CHECKING:
@@ -55,6 +55,12 @@ _ACCEPTED = (
     "NTLMAuth(user, password), NegotiateAuth(...), httpx.BasicAuth(user, password), "
     "httpx.DigestAuth(user, password) or a (user, password) tuple"
 )
+
+# Private diagnostic hook (``httpx-extensions probe --proxy``), the proxy's twin of
+# ``_auth._AUTH_TRACE``: a request whose extensions hold a list under this key gets one dict
+# appended per exchange with the proxy (method, scheme, token sizes, status), per choice of
+# scheme and per finished handshake. Never a token or a header value.
+_PROXY_TRACE = "httpx_extensions.proxy_trace"
 
 # How many requests one handshake may take (NTLM needs 3 with the anonymous one, SPNEGO 4),
 # reconnects included.
@@ -427,7 +433,13 @@ class ProxyAuthenticator:
             return method
         return None
 
-    async def run(self, channel: Channel, method: str, target: str) -> ResponseHead:
+    async def run(
+        self,
+        channel: Channel,
+        method: str,
+        target: str,
+        trace: list[dict[str, object]] | None = None,
+    ) -> ResponseHead:
         """Send one request through ``channel``, answering 407s; the final response head.
 
         Raises:
@@ -436,17 +448,30 @@ class ProxyAuthenticator:
         """
         leg = _Handshake(self, channel, method, target)
         value = await leg.opening()
+        if trace is not None and leg.method is not None:
+            trace.append({"event": "choice", "scheme": leg.method.header, "preemptive": True})
         restarts = 0
         for _ in range(_MAX_LEGS):
             head = await channel.send(value, body=not leg.intermediate)
+            offered = parse_challenges(head.headers) if head.status == 407 else {}
+            if trace is not None:
+                trace.append(_exchange_record(method, value, head, leg))
             if head.status != 407:
                 await leg.finished(head)
+                if trace is not None and leg.context is not None:
+                    trace.append({"event": "done", "mechanism": _mechanism(leg.context)})
                 return head
-            offered = parse_challenges(head.headers)
+            if trace is not None and not leg.sent:
+                trace.append({"event": "offered", "schemes": [_display(k) for k in offered]})
             async for _chunk in head.stream:  # drained, so the next leg can use the connection
                 pass
             alive = channel.reusable()
+            chose = not leg.sent
             value = await leg.after_407(offered)
+            if trace is not None and chose and leg.method is not None:
+                trace.append({"event": "choice", "scheme": leg.method.header, "preemptive": False})
+            if trace is not None and not alive:
+                trace.append({"event": "closed"})
             if alive:
                 continue
             if leg.bound_to_connection and leg.mid_handshake:
@@ -630,6 +655,26 @@ def _for_scheme(key: str, creds: _Credentials) -> _AnyAuth:
     if key == "digest":
         return _Digest(creds.user, creds.password)
     return httpx.BasicAuth(creds.user, creds.password)
+
+
+def _exchange_record(
+    method: str, value: bytes | None, head: ResponseHead, leg: _Handshake
+) -> dict[str, object]:
+    """A proxy trace entry for one exchange: scheme and token sizes, never the tokens."""
+    scheme = value.split(b" ", 1)[0].decode("ascii", "replace") if value else None
+    sent = received = 0
+    if value is not None and leg.bound_to_connection:
+        sent = len(_token(value.decode("latin-1")) or b"")
+        key = leg.method.key if leg.method is not None else ""
+        received = len(_token(parse_challenges(head.headers).get(key)) or b"")
+    return {
+        "event": "exchange",
+        "method": method,
+        "scheme": scheme,
+        "sent_bytes": sent,
+        "status": head.status,
+        "received_bytes": received,
+    }
 
 
 def _identity(auth: object) -> Hashable:

@@ -29,7 +29,7 @@ from ._extensions import CONN_ID, PARTITION
 from ._http11 import HTTP11Connection, ResponseHead, _Once
 from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection
-from ._proxy_auth import ProxyAuthenticator, ProxyAuthTypes, check_proxy_auth
+from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, ProxyAuthTypes, check_proxy_auth
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
 
@@ -485,7 +485,9 @@ class ExTransport(httpx.AsyncBaseTransport):
         if proxy_auth.configured and not channel.authenticated and proxy_auth.may_challenge():
             # A 407 would need the body again: read a streamed one into memory first.
             await request.aread()
-        return await proxy_auth.run(channel, request.method, str(request.url))
+        return await proxy_auth.run(
+            channel, request.method, str(request.url), request.extensions.get(_PROXY_TRACE)
+        )
 
     def _with_proxy_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         if not self._proxy_headers:
@@ -652,7 +654,12 @@ class ExTransport(httpx.AsyncBaseTransport):
         assert self._proxy_auth is not None
         channel = _TunnelChannel(self, stream, proxy_origin, origin, request)
         try:
-            head = await self._proxy_auth.run(channel, "CONNECT", channel.target.decode("ascii"))
+            head = await self._proxy_auth.run(
+                channel,
+                "CONNECT",
+                channel.target.decode("ascii"),
+                request.extensions.get(_PROXY_TRACE),
+            )
         except BaseException:
             await channel.connection.aclose()
             raise

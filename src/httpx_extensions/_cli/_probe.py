@@ -6,6 +6,11 @@ exchange's status, conn_id and token sizes; never a token or a header value). Th
 succeeded, a second GET pinned to the same connection, to see whether the server keeps the
 connection authenticated or challenges every request. When NTLM was used where Kerberos
 could have been, a Kerberos-only client context for the SPN says why Kerberos was not.
+
+With ``--proxy`` (http:// or https://), the proxy is answered with the same credentials, and
+its 407 legs are traced separately (``_proxy_auth._PROXY_TRACE``) and reported on their own:
+what it offered, the scheme and mechanism, each leg, and whether its connection stayed
+authenticated.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import spnego.exceptions
 from .._auth import _AUTH_TRACE, NegotiateAuth, NTLMAuth
 from .._client import ExClient
 from .._extensions import CONN_ID
+from .._proxy_auth import _PROXY_TRACE
 
 __all__ = ["Leg", "Persistence", "ProbeReport", "ProbeSettings", "run_probe", "render"]
 
@@ -66,6 +72,18 @@ class Persistence:
 
 
 @dataclass
+class ProxyReport:
+    """The proxy's side of a probe: its 407 legs, apart from the server's."""
+
+    url: str
+    offered: list[str] = field(default_factory=list)
+    scheme: str | None = None
+    mechanism: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    persistence: str | None = None
+
+
+@dataclass
 class ProbeReport:
     url: str
     credentials: str
@@ -84,6 +102,7 @@ class ProbeReport:
     persistence: Persistence | None = None
     ok: bool = False
     error: str | None = None
+    proxy: ProxyReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +184,14 @@ async def run_probe(settings: ProbeSettings) -> ProbeReport:
     )
     auth = _auth(settings)
     responses: list[httpx.Response] = []
+    proxy_auth: httpx.Auth | None = None
+    if settings.proxy is not None and httpx.URL(settings.proxy).scheme in ("http", "https"):
+        # The same credentials for the proxy (a corporate proxy and its intranet usually take
+        # the same domain account); its own auth object, so their states stay apart.
+        proxy_auth = _auth(settings)
+        report.proxy = ProxyReport(
+            url=str(httpx.URL(settings.proxy).copy_with(username=None, password=None))
+        )
 
     async def seen(response: httpx.Response) -> None:
         responses.append(response)
@@ -172,18 +199,24 @@ async def run_probe(settings: ProbeSettings) -> ProbeReport:
     async with ExClient(
         verify=settings.verify,
         proxy=settings.proxy,
+        proxy_auth=proxy_auth,  # type: ignore[arg-type]
         timeout=settings.timeout,
         event_hooks={"response": [seen]},
     ) as client:
         trace: list[dict[str, Any]] = []
+        proxy_trace: list[dict[str, Any]] = []
         try:
             response: httpx.Response | None = await client.get(
-                settings.url, auth=auth, extensions={_AUTH_TRACE: trace}
+                settings.url,
+                auth=auth,
+                extensions={_AUTH_TRACE: trace, _PROXY_TRACE: proxy_trace},
             )
         except httpx.HTTPError as exc:
             response = None
             report.error = f"{type(exc).__name__}: {exc}"
         _read_trace(report, trace, settings)
+        if report.proxy is not None:
+            _read_proxy_trace(report.proxy, proxy_trace)
         if responses:
             first = responses[0]
             report.anonymous_status = first.status_code
@@ -198,6 +231,46 @@ async def run_probe(settings: ProbeSettings) -> ProbeReport:
         if report.ok and report.legs and report.scheme is not None:
             report.persistence = await _persistence(client, auth, settings, report)
     return report
+
+
+def _read_proxy_trace(proxy: ProxyReport, trace: list[dict[str, Any]]) -> None:
+    for entry in trace:
+        event = entry["event"]
+        if event == "exchange":
+            proxy.legs.append(
+                Leg(
+                    number=len(proxy.legs) + 1,
+                    scheme=entry["scheme"],
+                    sent_bytes=entry["sent_bytes"],
+                    status=entry["status"],
+                    conn_id=None,
+                    received_bytes=entry["received_bytes"],
+                )
+            )
+        elif event == "offered":
+            proxy.offered = list(entry["schemes"])
+        elif event == "choice":
+            proxy.scheme = entry["scheme"]
+        elif event == "done":
+            proxy.mechanism = entry["mechanism"]
+
+
+def _proxy_persistence(proxy: ProxyReport, tunnelled: bool, trace: list[dict[str, Any]]) -> str:
+    if not proxy.legs or proxy.legs[0].status != 407:
+        return "the proxy asked for no authentication"
+    if tunnelled:
+        if trace:
+            return "the second request needed a new CONNECT (the tunnel was not kept)"
+        return "per tunnel: the second request went through the same CONNECT tunnel"
+    exchanges = [entry for entry in trace if entry["event"] == "exchange"]
+    if not exchanges:
+        return "unknown: the second request did not reach the proxy"
+    first = exchanges[0]
+    if first["scheme"] is None and first["status"] != 407:
+        return "persistent: a second request on the proxy connection passed without credentials"
+    if first["scheme"] is None:
+        return "re-challenges every request: a second request without credentials got 407"
+    return f"{first['scheme']} with every request (not connection-bound)"
 
 
 def _read_trace(report: ProbeReport, trace: list[dict[str, Any]], settings: ProbeSettings) -> None:
@@ -283,8 +356,13 @@ async def _persistence(
     """A second request, pinned to the connection the first one ended on."""
     conn_id = report.legs[-1].conn_id
     trace: list[dict[str, Any]] = []
+    proxy_trace: list[dict[str, Any]] = []
+    extensions = {CONN_ID: conn_id, _AUTH_TRACE: trace, _PROXY_TRACE: proxy_trace}
     try:
-        await client.get(settings.url, auth=auth, extensions={CONN_ID: conn_id, _AUTH_TRACE: trace})
+        await client.get(settings.url, auth=auth, extensions=extensions)
+        if report.proxy is not None:
+            tunnelled = httpx.URL(settings.url).scheme == "https"
+            report.proxy.persistence = _proxy_persistence(report.proxy, tunnelled, proxy_trace)
     except httpx.HTTPError as exc:
         return Persistence("unknown", f"the second request failed: {type(exc).__name__}: {exc}")
     exchanges = [entry for entry in trace if entry["event"] == "exchange"]
@@ -327,6 +405,35 @@ def _mechanism_name(report: ProbeReport) -> str:
     return mechanism
 
 
+def _render_proxy(proxy: ProxyReport, row: Any) -> list[str]:
+    lines = [row("proxy", proxy.url)]
+    if not proxy.legs:
+        return [*lines, row("proxy auth", "no exchange with the proxy was traced")]
+    if proxy.legs[0].status != 407:
+        lines.append(row("proxy auth", "none: the proxy asked for no authentication"))
+        return lines
+    lines.append(row("proxy offered", f"{', '.join(proxy.offered) or 'no scheme'} (407)"))
+    if proxy.scheme is not None:
+        lines.append(row("proxy scheme", proxy.scheme))
+    if proxy.mechanism is not None:
+        mechanism = {"ntlm": "NTLM", "kerberos": "Kerberos"}.get(proxy.mechanism, proxy.mechanism)
+        lines.append(row("proxy mechanism", mechanism))
+    lines.append(f"  {'leg':>3}  {'sent to the proxy':<24} {'status':>6}  proxy token")
+    for leg in proxy.legs:
+        if leg.scheme is None:
+            sent = "no credentials"
+        elif leg.sent_bytes:
+            sent = f"{leg.scheme}, {leg.sent_bytes} bytes"
+        else:
+            sent = leg.scheme
+        received = f"{leg.received_bytes} bytes" if leg.received_bytes else "-"
+        lines.append(f"  {leg.number:>3}  {sent:<24} {leg.status:>6}  {received}")
+    if proxy.persistence is not None:
+        lines.append(row("proxy persists", proxy.persistence))
+    lines.append("")
+    return lines
+
+
 def render(report: ProbeReport) -> list[str]:
     """The human-readable report, line by line."""
 
@@ -334,6 +441,8 @@ def render(report: ProbeReport) -> list[str]:
         return f"  {label:<16} {text}"
 
     lines = [f"probe {report.url}"]
+    if report.proxy is not None:
+        lines.extend(_render_proxy(report.proxy, row))
     if report.anonymous_status == 401:
         offered = ", ".join(report.offered) or "no scheme"
         lines.append(row("offered", f"{offered} (anonymous request: 401)"))
