@@ -124,6 +124,11 @@ async def test_proxy_repr_and_raw_auth_never_show_a_password() -> None:
     assert with_object.raw_auth is None  # an auth object has no Basic form
     assert isinstance(with_object.auth, NTLMAuth)
     basic = Proxy("http://127.0.0.1:3128", auth=httpx.BasicAuth(*ALICE))
+    # An auth object given explicitly wins over credentials in the URL.
+    both = Proxy("http://EXAMPLE%5Cbob:S3cret!@127.0.0.1:3128", auth=NTLMAuth(*ALICE))
+    assert isinstance(both.auth, NTLMAuth)
+    assert "S3cret" not in repr(both)
+    assert str(both.url) == "http://127.0.0.1:3128"
     shown = [repr(p) for p in (from_url, with_object, basic)]
     assert "EXAMPLE\\\\alice" in shown[0]
     assert "EXAMPLE\\\\alice" in shown[1]

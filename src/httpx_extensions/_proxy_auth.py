@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import logging
 import secrets
+import ssl
 import typing
 from collections.abc import Generator, Hashable
 from urllib.request import parse_http_list, parse_keqv_list
@@ -104,14 +105,15 @@ class Proxy(httpx.Proxy):
         self,
         url: httpx.URL | str,
         *,
-        ssl_context: typing.Any = None,
+        ssl_context: ssl.SSLContext | None = None,
         auth: ProxyAuthTypes | None = None,
         headers: httpx._types.HeaderTypes | None = None,
     ) -> None:
         checked = check_proxy_auth(auth, "Proxy(auth=...)")
         plain = checked if isinstance(checked, tuple) else None
         super().__init__(url, ssl_context=ssl_context, auth=plain, headers=headers)
-        if plain is None and checked is not None and self.auth is None:
+        if plain is None and checked is not None:
+            # An auth object wins over credentials in the URL: it was given explicitly.
             self.auth = checked  # type: ignore[assignment]
         if not isinstance(self.auth, (tuple, type(None))) and self.url.scheme.startswith("socks"):
             raise TypeError("a SOCKS5 proxy takes a (user, password) tuple only")
