@@ -230,7 +230,8 @@ def demo(
     "--proxy",
     metavar="URL",
     help="Send the requests through this proxy (http://, https://, or socks5:// with the "
-    "socks extra).",
+    "socks extra). A proxy's 407 is answered with the same credentials; its legs are "
+    "reported apart from the server's.",
 )
 @click.option(
     "--no-channel-binding",
