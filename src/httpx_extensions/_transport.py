@@ -220,13 +220,23 @@ class _Response(httpx.Response):
 class ExTransport(httpx.AsyncBaseTransport):
     """An ``httpx.AsyncHTTPTransport`` work-alike on the reserving pool.
 
-    Takes the same arguments as ``httpx.AsyncHTTPTransport``. Pass it as
+    Takes the same arguments as ``httpx.AsyncHTTPTransport``, plus ``proxy_auth``. Pass it as
     ``ExClient(transport=...)`` or in ``mounts=`` to tune one route; ``ExClient`` builds one
     for you otherwise.
+
+    Args:
+        proxy_auth: How to answer the 407 of ``proxy`` (an HTTP or HTTPS proxy):
+            ``NTLMAuth``, ``NegotiateAuth``, ``httpx.BasicAuth``, ``httpx.DigestAuth`` or a
+            ``(user, password)`` tuple. A ``Proxy(url, auth=<auth object>)`` keeps its own;
+            credentials in the proxy URL are used when neither is given. See
+            ``docs/proxies.md``.
 
     Raises:
         UnsupportedConfiguration: ``http2=True``, ``http1=False``, or limits the pool cannot
             honour (zero keep-alive), with a sentence saying why.
+        TypeError: ``proxy_auth`` is none of the accepted kinds, or is given for a SOCKS5
+            proxy.
+        ValueError: ``proxy_auth`` without ``proxy``.
     """
 
     def __init__(
