@@ -604,6 +604,22 @@ async def test_proxy_credentials_for_a_scheme_not_offered_are_not_sent_twice(
     assert legs(ntlm_proxy) == [(1, "GET", 407, None)]
 
 
+async def test_proxy_that_rechallenges_every_request_gets_streamed_bodies_again(
+    user_file: Path, origin: LoopbackServer
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"streamed "
+        yield b"body"
+
+    with AuthProxy(user_file=user_file, schemes=("NTLM",), rechallenge_every_request=True) as proxy:
+        async with ExClient(proxy=proxy.url, proxy_auth=NTLMAuth(*ALICE)) as client:
+            for _ in range(2):
+                response = await client.post(origin.url + "/echo", content=body())
+                assert response.json()["body"] == "streamed body"
+            assert_pool_clean(client)
+        assert proxy.handshakes_completed == 2
+
+
 async def test_proxy_that_rechallenges_every_request(
     user_file: Path, origin: LoopbackServer
 ) -> None:

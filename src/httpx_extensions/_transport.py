@@ -492,8 +492,9 @@ class ExTransport(httpx.AsyncBaseTransport):
         proxy_auth = self._proxy_auth
         assert proxy_auth is not None
         channel = _ForwardChannel(self, conn, method, target, headers, request)
-        if proxy_auth.configured and not channel.authenticated and proxy_auth.may_challenge():
-            # A 407 would need the body again: read a streamed one into memory first.
+        if proxy_auth.configured and proxy_auth.may_challenge():
+            # A 407 would need the body again: read a streamed one into memory first. Even on
+            # an authenticated connection: some proxies re-challenge every request.
             await request.aread()
         return await proxy_auth.run(
             channel, request.method, str(request.url), request.extensions.get(_PROXY_TRACE)
