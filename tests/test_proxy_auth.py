@@ -618,6 +618,20 @@ async def test_proxy_that_rechallenges_every_request_gets_streamed_bodies_again(
                 assert response.json()["body"] == "streamed body"
             assert_pool_clean(client)
         assert proxy.handshakes_completed == 2
+        # Once the proxy was seen re-challenging, the handshake starts with each request.
+        assert [(r.status, r.ntlm_message) for r in proxy.log] == [
+            (407, None),
+            (407, 1),
+            (200, 3),
+            (407, None),
+            (407, 1),
+            (200, 3),
+        ]
+        proxy.reset()
+        async with ExClient(proxy=proxy.url, proxy_auth=NTLMAuth(*ALICE)) as client:
+            for _ in range(3):
+                assert (await client.get(origin.url + "/")).status_code == 200
+        assert [r.status for r in proxy.log] == [407, 407, 200, 407, 407, 200, 407, 200]
 
 
 async def test_proxy_that_rechallenges_every_request(

@@ -377,6 +377,9 @@ class ProxyAuthenticator:
         # on every new connection (no anonymous request first).
         self._learnt: _Method | None = None
         self._logged: set[str] = set()
+        # Set when the proxy answered 407 on a connection it had authenticated (IIS's
+        # authPersistSingleRequest, some gateways): then every request starts the handshake.
+        self._rechallenges = False
         if isinstance(self._auth, httpx.BasicAuth):
             # Basic given explicitly: sent with the first request, as httpx does.
             self._learnt = _Method("basic", "Basic", None, self._auth)
@@ -467,6 +470,9 @@ class ProxyAuthenticator:
                 trace.append({"event": "offered", "schemes": [_display(k) for k in offered]})
             async for _chunk in head.stream:  # drained, so the next leg can use the connection
                 pass
+            if leg.on_authenticated and not self._rechallenges:
+                self._rechallenges = True
+                logger.debug("proxy %s re-challenged an authenticated connection", self._proxy)
             alive = channel.reusable()
             chose = not leg.sent
             value = await leg.after_407(offered)
@@ -519,6 +525,7 @@ class _Handshake:
         self.sent = False  # credentials went out with the last leg
         self.intermediate = False  # the last leg was NTLM's negotiate message
         self.mid_handshake = False  # a challenge token of the proxy was answered
+        self.on_authenticated = False  # the first leg relied on the connection's auth
 
     @property
     def bound_to_connection(self) -> bool:
@@ -541,7 +548,9 @@ class _Handshake:
         if learnt is None:
             return None
         if learnt.protocol is not None and self.channel.authenticated:
-            return None  # this connection is authenticated already
+            if not self.owner._rechallenges:
+                self.on_authenticated = True
+                return None  # this connection is authenticated already
         self.method = learnt
         return await self._start()
 
