@@ -547,10 +547,13 @@ class _Handshake:
         learnt = self.owner._learnt
         if learnt is None:
             return None
-        if learnt.protocol is not None and self.channel.authenticated:
-            if not self.owner._rechallenges:
-                self.on_authenticated = True
-                return None  # this connection is authenticated already
+        if (
+            learnt.protocol is not None
+            and self.channel.authenticated
+            and not self.owner._rechallenges
+        ):
+            self.on_authenticated = True
+            return None  # this connection is authenticated already
         self.method = learnt
         return await self._start()
 
