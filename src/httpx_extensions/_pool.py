@@ -440,8 +440,14 @@ class ConnectionPool:
         partition: Hashable = None,
         pin: int | None = None,
         timeout: float | None = None,
+        *,
+        fresh: bool = False,
     ) -> PooledConnection:
         """Check out a connected connection for ``request``; it is ACTIVE on return.
+
+        With ``fresh``, a new connection is opened rather than one reused, unless the pool is
+        full and one is handed over while waiting (used to resend a request that a reused
+        connection lost: another connection that sat as long may be just as stale).
 
         Raises:
             PoolTimeout: nothing became available within ``timeout`` seconds.
@@ -460,7 +466,7 @@ class ConnectionPool:
             conn, waiter = self._pick_pinned(pin, origin, key, flow, to_close)
         while True:
             if conn is None and waiter is None:
-                conn = self._pick(origin, key, flow, to_close)
+                conn = self._pick(origin, key, flow, to_close, fresh)
                 if conn is None:
                     waiter = _Waiter(origin, key, flow)
                     self._waiters[waiter] = None
@@ -543,25 +549,27 @@ class ConnectionPool:
         key: PoolKey,
         flow: Flow | None,
         to_close: list[ConnectionLike],
+        fresh: bool = False,
     ) -> PooledConnection | None:
         self._expire_oldest_idle(to_close)
-        if flow is not None and flow._reserved:
-            while (conn := flow._take(self, key)) is not None:
+        if not fresh:  # fresh: neither a reservation nor an idle connection
+            if flow is not None and flow._reserved:
+                while (conn := flow._take(self, key)) is not None:
+                    if not conn.has_expired():
+                        conn._move(ConnectionState.ACTIVE)
+                        return conn
+                    self._drop(conn, to_close)
+            stack = self._idle.get(key)
+            while stack:
+                conn, _ = stack.popitem()
+                del self._idle_by_age[conn]
+                if not stack:
+                    del self._idle[key]
                 if not conn.has_expired():
                     conn._move(ConnectionState.ACTIVE)
+                    conn.flow = flow
                     return conn
                 self._drop(conn, to_close)
-        stack = self._idle.get(key)
-        while stack:
-            conn, _ = stack.popitem()
-            del self._idle_by_age[conn]
-            if not stack:
-                del self._idle[key]
-            if not conn.has_expired():
-                conn._move(ConnectionState.ACTIVE)
-                conn.flow = flow
-                return conn
-            self._drop(conn, to_close)
         if self._max_connections is None or len(self._conns) < self._max_connections:
             return self._new(origin, key, flow)
         # Full. Close the longest-idle connection of another key, then one of our own
