@@ -250,12 +250,7 @@ def draw_ntlm(data: dict) -> Figure:
         ax.grid(True, axis="y", alpha=0.3, zorder=0)
         ax.set_ylabel("successful req/s")
         ax.set_title(
-            f"server mode {mode}: "
-            + (
-                "a connection stays authenticated after its handshake"
-                if mode == "per-connection"
-                else "every request needs its own handshake"
-            ),
+            f"server mode {mode}: {ntlm.MODE_TITLES.get(mode, mode)}",
             loc="left",
         )
     axes[-1].set_xlabel(

@@ -133,6 +133,12 @@ class ApacheNTLMServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The Apache parent process (its one worker process is a child of it)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def start(self) -> ApacheNTLMServer:
         root = Path(tempfile.mkdtemp(prefix="httpx-ext-apache-"))
         self._root = root
