@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -73,10 +74,21 @@ MODE_TITLES = {
     "per-request": "every request needs its own handshake",
     "apache": "Apache 2.4 + mod_auth_gssapi + gss-ntlmssp, connection-bound (a C server)",
 }
-ROWS = {"1": (1, None), "10": (10, None), "50": (50, None), "50/10": (50, 10)}
+# row -> (concurrency, pool size or None for the library's default, identities). With two
+# identities each request is sent as one of them chosen at random (a service acting for
+# several users); a response for the other user counts as a failure ("wrong user").
+ROWS = {
+    "1": (1, None, 1),
+    "10": (10, None, 1),
+    "50": (50, None, 1),
+    "50/10": (50, 10, 1),
+    "50/10x2": (50, 10, 2),
+}
 REQUESTS_THREADS_MAX = 16
 DOMAIN, USER, PASSWORD = "BENCH", "alice", "Bench-Passw0rd!"
 USERNAME = f"{DOMAIN}\\{USER}"
+# Every identity the server knows: (DOMAIN\user, password).
+IDENTITIES = [(USERNAME, PASSWORD), (f"{DOMAIN}\\bob", "Bench-Passw0rd-2!")]
 TIMEOUT = 5.0  # per request, every client (ExClient's and httpx's default)
 EXTRA_PACKAGES = (
     "pyspnego",
@@ -152,7 +164,7 @@ def serve(argv: list[str]) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench-ntlm-")
         args.user_file = write_user_file(
             Path(tmp.name, "users.txt"),
-            [(DOMAIN, USER, PASSWORD)],
+            [(DOMAIN, *user.split("\\")[1:], pw) for user, pw in IDENTITIES],
             store_hashes=args.mode != "apache",  # gss-ntlmssp reads passwords only
         )
     if args.mode == "apache":
@@ -287,23 +299,49 @@ def _kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Identities:
+    """Which identity each request goes as (seeded: the same sequence for every client)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._random = random.Random(1)
+
+    def next(self) -> int:
+        return self._random.randrange(self.count) if self.count > 1 else 0
+
+    def check(self, index: int, status: int, headers, body: bytes) -> str | None:
+        """None for a 200 for that identity, else the kind of failure."""
+        if status != 200:
+            return f"HTTP {status}"
+        if self.count == 1:
+            return None
+        user = headers.get("X-Remote-User")  # Apache; the IIS-like server: in the JSON body
+        if user is None:
+            user = json.loads(body).get("user")
+        return None if user == IDENTITIES[index][0] else "wrong user"
+
+
 def _make_async_client(spec: dict):
     """(closer coroutine function, async fn doing one request -> None if OK else a kind)."""
     name, pool = spec["client"], spec["pool"]
+    ids = _Identities(spec["identities"])
     if name == "aiohttp-ntlm":
         import aiohttp
         from aiohttp_ntlm import HttpNtlmAuthMiddleware
 
+        middlewares = [(HttpNtlmAuthMiddleware(u, pw),) for u, pw in IDENTITIES[: ids.count]]
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool or 100),
-            middlewares=(HttpNtlmAuthMiddleware(USERNAME, PASSWORD),),
+            middlewares=middlewares[0],
             timeout=aiohttp.ClientTimeout(total=TIMEOUT),
         )
 
         async def get(url: str) -> str | None:
-            async with session.get(url) as resp:
-                await resp.read()
-                return None if resp.status == 200 else f"HTTP {resp.status}"
+            i = ids.next()
+            # aiohttp >= 3.12: per-request middlewares replace the session's.
+            async with session.get(url, middlewares=middlewares[i]) as resp:
+                body = await resp.read()
+                return ids.check(i, resp.status, resp.headers, body)
 
         return session.close, get
 
@@ -315,17 +353,21 @@ def _make_async_client(spec: dict):
     if name == "exclient":
         from httpx_extensions import ExClient, NTLMAuth
 
-        client = ExClient(auth=NTLMAuth(USERNAME, PASSWORD), **kwargs)
+        auths = [NTLMAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+        client = ExClient(auth=auths[0], **kwargs)
     elif name == "httpx-ntlm":
         from httpx_ntlm import HttpNtlmAuth
 
-        client = httpx.AsyncClient(auth=HttpNtlmAuth(USERNAME, PASSWORD), **kwargs)
+        auths = [HttpNtlmAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+        client = httpx.AsyncClient(auth=auths[0], **kwargs)
     else:
         raise ValueError(name)
 
     async def get(url: str) -> str | None:
-        resp = await client.get(url)  # not streaming: the body is read in full
-        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+        i = ids.next()
+        # Not streaming: the body is read in full.
+        resp = await client.get(url, auth=auths[i]) if ids.count > 1 else await client.get(url)
+        return ids.check(i, resp.status_code, resp.headers, resp.content)
 
     return client.aclose, get
 
@@ -339,7 +381,9 @@ def _run_requests(spec: dict, url: str) -> dict:
     threads = min(spec["concurrency"], REQUESTS_THREADS_MAX)
     size = spec["pool"] or threads
     session = requests.Session()
-    session.auth = HttpNtlmAuth(USERNAME, PASSWORD)
+    ids = _Identities(spec["identities"])
+    auths = [HttpNtlmAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+    session.auth = auths[0]
     adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, pool_block=bool(spec["pool"]))
     session.mount("http://", adapter)
 
@@ -355,9 +399,13 @@ def _run_requests(spec: dict, url: str) -> dict:
                     return
                 state["remaining"] -= 1
             try:
-                resp = session.get(url, timeout=TIMEOUT)
-                resp.content  # noqa: B018 - read the body in full
-                bad = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+                i = ids.next()
+                if ids.count > 1:
+                    resp = session.get(url, timeout=TIMEOUT, auth=auths[i])
+                else:
+                    resp = session.get(url, timeout=TIMEOUT)
+                # .content reads the body in full
+                bad = ids.check(i, resp.status_code, resp.headers, resp.content)
             except Exception as exc:
                 bad = _kind(exc)
             with lock:
@@ -441,8 +489,9 @@ def worker_main(spec: dict) -> None:
 
 
 def row_label(row: str) -> str:
-    c, pool = ROWS[row]
-    return f"{c} via {pool} conns" if pool else str(c)
+    c, pool, identities = ROWS[row]
+    label = f"{c} via {pool} conns" if pool else str(c)
+    return label + (f", {identities} identities" if identities > 1 else "")
 
 
 def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
@@ -736,6 +785,7 @@ def measure(args: argparse.Namespace) -> int:
             "row": row,
             "concurrency": ROWS[row][0],
             "pool": ROWS[row][1],
+            "identities": ROWS[row][2],
             "requests": per_client[name],
             "max_seconds": args.max_seconds,
             "runs": [],
