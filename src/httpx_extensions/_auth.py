@@ -250,17 +250,10 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             if conn_id is not None and conn_id in self._authenticated:
                 self._rechallenging.add(origin)
                 logger.debug("%s challenged an authenticated connection: going preemptive", origin)
-            choice = self._choose(_offered(response))
+            choice = self._challenged(request, response, trace)
             if choice is None:
-                if trace is not None:
-                    trace.append({"event": "no_scheme"})
                 return  # none of our schemes offered: the 401 is the answer
-            scheme, protocol = choice
-            _carry_cookies(request, response)
-            if trace is not None:
-                trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
-            if self._channel_binding:
-                bindings = _channel_bindings(response)
+            scheme, protocol, bindings = choice
         if trace is not None:
             trace.append(
                 {
@@ -272,19 +265,41 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             )
         context = await self._new_context(protocol, request, bindings)
         token = await self._step(context, None, scheme, request)
-        first = True
-        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3
+        first, restarted = True, False
+        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3 (+1 restart)
             leg = self._leg(
                 request, scheme, token, conn_id, intermediate=first and _is_ntlm(context)
             )
             first = False
             response = yield leg
             if conn_id is not None and response.extensions.get(CONN_ID, conn_id) != conn_id:
-                raise AuthenticationError(
-                    f"{scheme} handshake with {origin} was split: the server closed connection "
-                    f"{conn_id} between legs, and a handshake cannot move to another connection",
-                    request=request,
+                # The leg went out on another connection: the one holding the handshake was
+                # closed, before the leg (a pin that could not be honoured) or as it went
+                # out (the transport resends a request lost on a reused connection). The
+                # new connection answers with a fresh challenge: start over there, once.
+                if restarted or response.status_code != 401:
+                    raise AuthenticationError(
+                        f"{scheme} handshake with {origin} was split: the server closed "
+                        f"connection {conn_id} between legs, and a handshake cannot move to "
+                        "another connection",
+                        request=request,
+                    )
+                restarted = first = True
+                logger.debug(
+                    "%s handshake with %s lost conn_id %s: starting over on conn_id %s",
+                    scheme,
+                    origin,
+                    conn_id,
+                    response.extensions.get(CONN_ID),
                 )
+                conn_id = response.extensions.get(CONN_ID)
+                choice = self._challenged(request, response, trace)
+                if choice is None:
+                    return
+                scheme, protocol, bindings = choice
+                context = await self._new_context(protocol, request, bindings)
+                token = await self._step(context, None, scheme, request)
+                continue
             conn_id = response.extensions.get(CONN_ID)
             offered = _offered(response)
             in_token = offered.get(scheme.lower())
@@ -315,6 +330,25 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         raise AuthenticationError(
             f"{scheme} handshake with {origin} did not finish after 8 legs", request=request
         )
+
+    def _challenged(
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        trace: list[dict[str, object]] | None,
+    ) -> tuple[str, str, object | None] | None:
+        """(scheme, protocol, channel bindings) to answer a 401 with, or None for none."""
+        choice = self._choose(_offered(response))
+        if choice is None:
+            if trace is not None:
+                trace.append({"event": "no_scheme"})
+            return None
+        scheme, protocol = choice
+        _carry_cookies(request, response)
+        if trace is not None:
+            trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
+        bindings = _channel_bindings(response) if self._channel_binding else None
+        return scheme, protocol, bindings
 
     def _leg(
         self,
