@@ -83,12 +83,18 @@ ROWS = {
     "50": (50, None, 1),
     "50/10": (50, 10, 1),
     "50/10x2": (50, 10, 2),
+    "50/4x4": (50, 4, 4),
 }
 REQUESTS_THREADS_MAX = 16
 DOMAIN, USER, PASSWORD = "BENCH", "alice", "Bench-Passw0rd!"
 USERNAME = f"{DOMAIN}\\{USER}"
 # Every identity the server knows: (DOMAIN\user, password).
-IDENTITIES = [(USERNAME, PASSWORD), (f"{DOMAIN}\\bob", "Bench-Passw0rd-2!")]
+IDENTITIES = [
+    (USERNAME, PASSWORD),
+    (f"{DOMAIN}\\bob", "Bench-Passw0rd-2!"),
+    (f"{DOMAIN}\\carol", "Bench-Passw0rd-3!"),
+    (f"{DOMAIN}\\dave", "Bench-Passw0rd-4!"),
+]
 TIMEOUT = 5.0  # per request, every client (ExClient's and httpx's default)
 EXTRA_PACKAGES = (
     "pyspnego",
