@@ -33,16 +33,21 @@ PASSWORD_ENV = "HTTPX_EXTENSIONS_PASSWORD"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _where(page: str) -> str:
-    """Where the help texts send readers: the installed page, by command and by file."""
+def _docs_epilog(*pages: str) -> str:
+    """The help texts' pointer to the installed pages, kept unwrapped (click's ``\\b``) so that
+    a long path stays whole and can be copied."""
     folder = docs_dir()
-    command = f"httpx-extensions docs {page}"
-    return f"{command} ({folder / (page + '.md')})" if folder is not None else command
+    lines = ["\b", "Documentation (installed with the package; all pages: httpx-extensions docs):"]
+    width = max(map(len, pages))
+    for page in pages:
+        where = f"  {folder / (page + '.md')}" if folder is not None else ""
+        lines.append(f"  httpx-extensions docs {page:<{width}}{where}".rstrip())
+    return "\n".join(lines)
 
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=f"Documentation: {_where('cli')}; all pages: httpx-extensions docs.",
+    epilog=_docs_epilog("cli"),
 )
 @click.version_option(__version__, prog_name="httpx-extensions")
 def cli() -> None:
@@ -137,7 +142,7 @@ def _timeout(default: float) -> Callable[[_F], _F]:
     )
 
 
-@cli.command(epilog=f"Documentation: {_where('cli')}.")
+@cli.command(epilog=_docs_epilog("cli"))
 @_count("--requests", 2000, "GETs that each client sends.")
 @_count("--concurrency", 50, "Requests in flight at once.")
 @_count("--connections", 10, "max_connections of both clients' pools.")
@@ -217,7 +222,7 @@ def demo(
 # -- probe -------------------------------------------------------------------------------------
 
 
-@cli.command(epilog=f"Documentation: {_where('cli')}; NTLM and Kerberos: {_where('auth')}.")
+@cli.command(epilog=_docs_epilog("cli", "auth"))
 @click.argument("url")
 @click.option(
     "--user",
