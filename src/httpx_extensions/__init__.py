@@ -4,8 +4,8 @@ See ``ExClient`` for the client, ``ExTransport`` for the transport, and ``docs/p
 how the pool works (the pages are installed with the package: ``httpx-extensions docs``).
 
 ``NTLMAuth`` and ``NegotiateAuth`` are imported on first use, and pyspnego (with its crypto
-stack) with them: ``import httpx_extensions`` costs about what ``import httpx`` does, and
-programs that never authenticate never load them.
+stack) with them, so programs that never authenticate never load them (``bench/startup.py``
+measures what the import costs).
 """
 
 from __future__ import annotations
