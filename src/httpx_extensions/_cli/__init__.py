@@ -26,8 +26,9 @@ def main(argv: Sequence[str] | None = None, *, prog_name: str = "httpx-extension
         prog_name: The name to show in usage and help text.
 
     Returns:
-        1 when the ``cli`` extra is missing; otherwise click exits the process with the
-        command's own status (0 success, 1 failure, 2 usage error).
+        1 when the ``cli`` extra is missing (but ``docs``, which runs without it, returns its
+        own status); otherwise click exits the process with the command's own status
+        (0 success, 1 failure, 2 usage error).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
