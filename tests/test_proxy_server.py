@@ -838,3 +838,103 @@ async def test_proxy_stock_httpx_basic_forward(proxy: AuthProxy, origin: Loopbac
     assert [r.user for r in proxy.log] == ["EXAMPLE\\alice"] * 3 + [None]
     assert proxy.requests_forwarded == 3
     assert proxy.connections_opened == 2
+
+
+# -- Kerberos through the suite's KDC ------------------------------------------------------------
+
+KERBEROS_REALM = "HTTPX-EXT.TEST"
+KERBEROS_ALICE = f"alice@{KERBEROS_REALM}"
+
+
+@pytest.fixture
+def kdc() -> Iterator[Any]:
+    """A realm with alice's TGT in the default ccache, for this test only (the KDC owns the
+    process-wide KRB5_* variables while it runs)."""
+    try:
+        from tests.servers.kdc import LoopbackKDC, kerberos_unavailable
+    except ImportError:  # tests/ on sys.path
+        from servers.kdc import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+            LoopbackKDC,
+            kerberos_unavailable,
+        )
+    reason = kerberos_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with LoopbackKDC(realm=KERBEROS_REALM, users={"alice": "Al1ce-pw"}) as realm:
+        realm.kinit("alice")
+        yield realm
+
+
+def kerberos_initiator(bindings: GssChannelBindings | None = None) -> spnego.ContextProxy:
+    # The realm has HTTP/localhost only: the SPN names localhost although the proxy
+    # listens on 127.0.0.1, as NegotiateAuth(hostname="localhost") would.
+    return spnego.client(
+        hostname="localhost", service="HTTP", protocol="negotiate", channel_bindings=bindings
+    )
+
+
+def kerberos_leg(
+    conn: Conn, method: str, target: str, bindings: GssChannelBindings | None = None
+) -> h11.Response:
+    """Kerberos needs one leg after the offer: the AP-REQ, answered with the AP-REP."""
+    context = kerberos_initiator(bindings)
+    response, _ = conn.request(method, target, proxy_auth("Negotiate", context.step()))
+    if response.status_code == 200:
+        assert context.step(token_of(response, "Negotiate")) is None  # mutual auth
+        assert context.complete
+    return response
+
+
+def test_proxy_kerberos_single_sign_on_binds_the_connection(
+    kdc: Any, user_file: Path, origin: LoopbackServer
+) -> None:
+    with AuthProxy(user_file=user_file, schemes=("Negotiate",)) as proxy, Conn(proxy) as conn:
+        assert conn.request("GET", origin.url)[0].status_code == 407
+        assert kerberos_leg(conn, "GET", origin.url + "/").status_code == 200
+        assert conn.request("CONNECT", f"127.0.0.1:{origin.port}")[0].status_code == 200
+        assert conn.tunnel_get("/", f"127.0.0.1:{origin.port}")[1] == b"Hello, world!"
+    assert [(r.status, r.mechanism, r.user) for r in proxy.log] == [
+        (407, None, None),
+        (200, "kerberos", KERBEROS_ALICE),
+        (200, "kerberos", KERBEROS_ALICE),
+    ]
+    assert all(r.ntlm_message is None for r in proxy.log)
+    assert proxy.handshakes_started == proxy.handshakes_completed == 1
+
+
+def test_proxy_kerberos_https_channel_binding_required(
+    kdc: Any,
+    user_file: Path,
+    origin: LoopbackServer,
+    proxy_ssl: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+) -> None:
+    with AuthProxy(
+        user_file=user_file,
+        schemes=("Negotiate",),
+        ssl_context=proxy_ssl,
+        require_channel_binding=True,
+    ) as proxy:
+        authority = f"127.0.0.1:{origin.port}"
+        with Conn(proxy, client_ssl_context) as conn:
+            assert kerberos_leg(conn, "CONNECT", authority).status_code == 407
+        assert proxy.log[-1].error == "Kerberos authenticator carries no channel binding"
+        with Conn(proxy, client_ssl_context) as conn:
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            bindings = channel_bindings_for(conn.sock.getpeercert(True))
+            assert kerberos_leg(conn, "CONNECT", authority, bindings).status_code == 200
+        assert proxy.log[-1].channel_binding == "match"
+        assert proxy.handshakes_completed == 1
+
+
+def test_proxy_user_file_environment_is_owned_only_with_an_acceptor(
+    user_file: Path, tmp_path: Path, origin: LoopbackServer
+) -> None:
+    other = write_user_file(tmp_path / "other.txt", [("OTHER", "carol", "pw")])
+    with IISLikeServer(user_file=other):
+        # NTLM_USER_FILE is process-wide: an NTLM proxy with another file cannot run now...
+        with pytest.raises(RuntimeError, match="NTLM_USER_FILE is process-wide"):
+            AuthProxy(user_file=user_file, schemes=("NTLM",)).start()
+        # ...but a Basic-only proxy reads its file itself and leaves the variable alone.
+        with AuthProxy(user_file=user_file, schemes=("Basic",)) as proxy, Conn(proxy) as conn:
+            assert conn.request("GET", origin.url, basic(*ALICE))[0].status_code == 200

@@ -716,7 +716,9 @@ class _AcceptorServer(KeepAliveServer[_RecordT, _ConnectionAuth], Generic[_Recor
                 server was started before, or the listener could not be opened.
         """
         acquired = False
-        if not self._env_acquired:  # a second start() must not take (or drop) it again
+        # A second start() must not take (or drop) it again; a server without an acceptor
+        # (a Basic-only proxy) reads the file itself and leaves the variable alone.
+        if not self._env_acquired and self._uses_acceptor():
             _UserFileEnv.acquire(self.user_file)
             self._env_acquired = acquired = True
         try:
@@ -726,6 +728,10 @@ class _AcceptorServer(KeepAliveServer[_RecordT, _ConnectionAuth], Generic[_Recor
                 self._release_env()
             raise
         return self
+
+    def _uses_acceptor(self) -> bool:
+        """Whether pyspnego's acceptor (and so ``NTLM_USER_FILE``) is needed."""
+        return True
 
     def stop(self) -> None:
         """Close every connection, stop the thread and restore ``NTLM_USER_FILE``."""
