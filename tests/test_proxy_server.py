@@ -1026,3 +1026,44 @@ def test_proxy_drops_the_upstream_when_the_client_leaves_mid_request(
     # The proxy sees the client go and closes its hop, so the origin's /hang ends.
     wait_until(lambda: origin.open_connections == 0)
     assert proxy.requests_forwarded == 1
+
+
+@pytest.mark.anyio
+async def test_proxy_stock_httpx_basic_connect_to_an_https_origin(
+    proxy: AuthProxy, https_server: LoopbackServer, client_ssl_context: ssl.SSLContext
+) -> None:
+    via = httpx.Proxy(proxy.url, auth=ALICE)
+    async with httpx.AsyncClient(proxy=via, verify=client_ssl_context) as client:
+        for _ in range(2):
+            response = await client.get(https_server.url + "/echo")
+            assert response.status_code == 200
+            assert not any(name.startswith("proxy-") for name in echoed_headers(response.content))
+    assert proxy.tunnels_opened == 1  # httpx keeps the tunnel for the second request
+    assert [(r.kind, r.status, r.user) for r in proxy.log] == [("connect", 200, "EXAMPLE\\alice")]
+
+
+def test_proxy_ipv6_loopback(user_file: Path) -> None:
+    try:
+        origin = LoopbackServer(host="::1").start()
+    except RuntimeError:
+        pytest.skip("no IPv6 loopback on this machine")
+    try:
+        with AuthProxy(user_file=user_file, host="::1") as proxy, Conn(proxy) as conn:
+            assert proxy.url.startswith("http://[::1]:")
+            forwarded, _ = conn.request("GET", f"http://[::1]:{origin.port}/", basic(*ALICE))
+            assert forwarded.status_code == 200
+            tunnel, _ = conn.request("CONNECT", f"[::1]:{origin.port}", basic(*ALICE))
+            assert tunnel.status_code == 200
+            assert conn.tunnel_get("/", f"[::1]:{origin.port}")[1] == b"Hello, world!"
+    finally:
+        origin.stop()
+
+
+def test_proxy_head_407_has_no_body(proxy: AuthProxy, origin: LoopbackServer) -> None:
+    with Conn(proxy) as conn:
+        response, body = conn.request("HEAD", origin.url + "/")
+        assert response.status_code == 407
+        assert body == b""
+        assert int(header(response, "content-length")[0]) > 0
+        # Framing stayed in step: the next exchange on the connection parses cleanly.
+        assert conn.request("GET", origin.url + "/", basic(*ALICE))[1] == b"Hello, world!"
