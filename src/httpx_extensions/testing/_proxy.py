@@ -752,7 +752,8 @@ class AuthProxy(_AcceptorServer[ProxyRequestRecord]):
             and Digest check the same accounts, named ``DOMAIN\\user`` or ``user``. Digest
             needs password lines (not ``store_hashes=True``).
         schemes: What the 407 offers, in order: any of ``"Negotiate"``, ``"NTLM"``,
-            ``"Basic"``, ``"Digest"`` (case-insensitive).
+            ``"Basic"``, ``"Digest"`` (case-insensitive; default Negotiate, NTLM, Basic).
+            Digest is MD5 with ``qop="auth"``; each offer carries a fresh nonce.
         ssl_context: Be an HTTPS proxy (TLS from the client to the proxy) with this
             server-side context; channel bindings are derived from its certificate.
         require_channel_binding: Refuse an NTLM type 3 message (or Kerberos authenticator)
