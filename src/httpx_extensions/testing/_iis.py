@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import h11
 import spnego
@@ -66,7 +66,8 @@ _UNAUTHORIZED_BODY = (
     b"</body></html>"
 )
 
-_IISServerT = TypeVar("_IISServerT", bound="IISLikeServer")
+_AcceptorServerT = TypeVar("_AcceptorServerT", bound="_AcceptorServer[Any]")
+_RecordT = TypeVar("_RecordT")
 
 
 # -- credentials ---------------------------------------------------------------------------
@@ -148,8 +149,8 @@ class _UserFileEnv:
         with cls._lock:
             if cls._count and cls._path != value:
                 raise RuntimeError(
-                    f"{USER_FILE_ENV} is process-wide and another IISLikeServer is running "
-                    "with a different user file; stop it first or share the file"
+                    f"{USER_FILE_ENV} is process-wide and another IISLikeServer or AuthProxy is "
+                    "running with a different user file; stop it first or share the file"
                 )
             if cls._count == 0:
                 cls._saved = os.environ.get(USER_FILE_ENV)
@@ -414,8 +415,12 @@ class _Rejected(Exception):
 # -- the server ----------------------------------------------------------------------------
 
 
-class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
-    """One request on a connection: the auth state machine and the response."""
+class _AcceptorExchange(Exchange[_AcceptorServerT, _ConnectionAuth]):
+    """The part of an exchange that steps the connection's pyspnego acceptor.
+
+    Shared by :class:`IISLikeServer` (``Authorization``/401) and the authenticating proxy
+    (``Proxy-Authorization``/407): only the header names and the responses differ.
+    """
 
     # Filled in while handling, for the log record.
     scheme: str | None = None
@@ -424,64 +429,6 @@ class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
     channel_binding: str | None = None
     error: str | None = None
     mechanism: str | None = None
-
-    async def respond(self) -> bool:
-        """Run the auth state machine and answer; False means "close the connection now"."""
-        server, auth = self.server, self.auth
-        if self.authorization is None:
-            if auth.user is not None and not server.auth_per_request:
-                self.mechanism = auth.user_mechanism
-                await self.ok(auth.user, auth.user_scheme, handshake=False)
-                return True
-            # Anonymous, or a request that abandoned a pending handshake.
-            self.drop_auth()
-            await self.unauthorized()
-            return True
-
-        scheme, _, encoded = self.authorization.strip().partition(" ")
-        self.scheme = next((s for s in server.schemes if s.lower() == scheme.lower()), scheme)
-        try:
-            if self.scheme not in server.schemes:
-                raise _Rejected(f"scheme {scheme!r} not offered")
-            try:
-                token = base64.b64decode(encoded.strip(), validate=True)
-            except binascii.Error:
-                raise _Rejected("token is not base64") from None
-            if not token:
-                raise _Rejected("empty token")
-            out_token = self.step(token)
-        except _Rejected as exc:
-            self.error = str(exc)
-            self.drop_auth()
-            await self.unauthorized()
-            return True
-
-        context = auth.context
-        assert context is not None  # step() created it or raised
-        if not context.complete:
-            # Leg 1 answered: the challenge must come back on this connection.
-            assert out_token is not None  # step() guarantees a token for an open context
-            if self.path == "/close-after-challenge":
-                # The server drops the connection between the legs, with or without saying so.
-                announce = self.query.get("announce") == ["1"]
-                await self.unauthorized(challenge=out_token, close=announce)
-                return False
-            await self.unauthorized(challenge=out_token)
-            return True
-
-        # Handshake complete.
-        user = context.client_principal or ""
-        auth.context = None
-        if server.auth_per_request:
-            auth.reset()
-        else:
-            auth.user, auth.user_scheme = user, self.scheme
-            auth.user_mechanism = self.mechanism
-            server._set_user(self.seq, user)
-        with server._lock:
-            server._handshakes_completed += 1
-        await self.ok(user, self.scheme, handshake=True, final_token=out_token)
-        return True
 
     def step(self, token: bytes) -> bytes | None:
         """Feed one client token to this connection's acceptor; raise _Rejected on failure."""
@@ -553,6 +500,68 @@ class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
         """Forget any pending handshake and the connection's user."""
         self.auth.reset()
         self.server._set_user(self.seq, None)
+
+
+class _Exchange(_AcceptorExchange["IISLikeServer"]):
+    """One request on a connection: the auth state machine and the response."""
+
+    async def respond(self) -> bool:
+        """Run the auth state machine and answer; False means "close the connection now"."""
+        server, auth = self.server, self.auth
+        if self.authorization is None:
+            if auth.user is not None and not server.auth_per_request:
+                self.mechanism = auth.user_mechanism
+                await self.ok(auth.user, auth.user_scheme, handshake=False)
+                return True
+            # Anonymous, or a request that abandoned a pending handshake.
+            self.drop_auth()
+            await self.unauthorized()
+            return True
+
+        scheme, _, encoded = self.authorization.strip().partition(" ")
+        self.scheme = next((s for s in server.schemes if s.lower() == scheme.lower()), scheme)
+        try:
+            if self.scheme not in server.schemes:
+                raise _Rejected(f"scheme {scheme!r} not offered")
+            try:
+                token = base64.b64decode(encoded.strip(), validate=True)
+            except binascii.Error:
+                raise _Rejected("token is not base64") from None
+            if not token:
+                raise _Rejected("empty token")
+            out_token = self.step(token)
+        except _Rejected as exc:
+            self.error = str(exc)
+            self.drop_auth()
+            await self.unauthorized()
+            return True
+
+        context = auth.context
+        assert context is not None  # step() created it or raised
+        if not context.complete:
+            # Leg 1 answered: the challenge must come back on this connection.
+            assert out_token is not None  # step() guarantees a token for an open context
+            if self.path == "/close-after-challenge":
+                # The server drops the connection between the legs, with or without saying so.
+                announce = self.query.get("announce") == ["1"]
+                await self.unauthorized(challenge=out_token, close=announce)
+                return False
+            await self.unauthorized(challenge=out_token)
+            return True
+
+        # Handshake complete.
+        user = context.client_principal or ""
+        auth.context = None
+        if server.auth_per_request:
+            auth.reset()
+        else:
+            auth.user, auth.user_scheme = user, self.scheme
+            auth.user_mechanism = self.mechanism
+            server._set_user(self.seq, user)
+        with server._lock:
+            server._handshakes_completed += 1
+        await self.ok(user, self.scheme, handshake=True, final_token=out_token)
+        return True
 
     # -- responses -------------------------------------------------------------------------
 
@@ -651,7 +660,113 @@ class _Exchange(Exchange["IISLikeServer", _ConnectionAuth]):
         await self.stream.send(*events, before_write=record)
 
 
-class IISLikeServer(KeepAliveServer[NTLMRequestRecord, _ConnectionAuth]):
+class _AcceptorServer(KeepAliveServer[_RecordT, _ConnectionAuth], Generic[_RecordT]):
+    """What the servers with a pyspnego acceptor per connection share (IISLikeServer and the
+    authenticating proxy): the user file owned while running, the token-log filter on the
+    server thread, the channel bindings of the served certificate, a handshake counter."""
+
+    #: Only IISLikeServer plays a load balancer; the acceptor step checks this.
+    affinity_cookie: str | None = None
+
+    def __init__(
+        self,
+        *,
+        user_file: str | os.PathLike[str],
+        ssl_context: ssl.SSLContext | None,
+        auth_per_request: bool,
+        require_channel_binding: bool,
+        idle_timeout: float | None,
+        host: str,
+    ) -> None:
+        super().__init__(
+            host=host,
+            ssl_context=ssl_context,
+            idle_timeout=idle_timeout,
+            auth_per_request=auth_per_request,
+        )
+        if require_channel_binding and ssl_context is None:
+            raise ValueError("require_channel_binding needs an ssl_context (bindings are TLS)")
+        self.user_file = Path(user_file)
+        if not self.user_file.is_file():
+            raise FileNotFoundError(f"user file {self.user_file} does not exist")
+        self.require_channel_binding = require_channel_binding
+        #: DER of the certificate the server presents (HTTPS only, else None).
+        self.certificate_der: bytes | None = None
+        #: The ``tls-server-end-point`` bindings a client must send (HTTPS only).
+        self.channel_bindings: GssChannelBindings | None = None
+        self._expected_binding_md5: bytes | None = None
+        if ssl_context is not None:
+            self.certificate_der = _served_certificate(ssl_context)
+            self.channel_bindings = channel_bindings_for(self.certificate_der)
+            self._expected_binding_md5 = _md5(self.channel_bindings.pack())
+        self._env_acquired = False
+        self._handshakes_completed = 0
+
+    # -- lifecycle: own NTLM_USER_FILE while running ----------------------------------------
+
+    def start(self: _AcceptorServerT) -> _AcceptorServerT:
+        """Point ``NTLM_USER_FILE`` at ``user_file`` and start listening.
+
+        Returns:
+            The server itself.
+
+        Raises:
+            RuntimeError: Another ``IISLikeServer`` or ``AuthProxy`` with a different user
+                file is running in this process (``NTLM_USER_FILE`` is process-wide), the
+                server was started before, or the listener could not be opened.
+        """
+        acquired = False
+        # A second start() must not take (or drop) it again; a server without an acceptor
+        # (a Basic-only proxy) reads the file itself and leaves the variable alone.
+        if not self._env_acquired and self._uses_acceptor():
+            _UserFileEnv.acquire(self.user_file)
+            self._env_acquired = acquired = True
+        try:
+            super().start()
+        except BaseException:
+            if acquired:
+                self._release_env()
+            raise
+        return self
+
+    def _uses_acceptor(self) -> bool:
+        """Whether pyspnego's acceptor (and so ``NTLM_USER_FILE``) is needed."""
+        return True
+
+    def stop(self) -> None:
+        """Close every connection, stop the thread and restore ``NTLM_USER_FILE``."""
+        try:
+            super().stop()
+        finally:
+            self._release_env()
+
+    def _release_env(self) -> None:
+        if self._env_acquired:
+            self._env_acquired = False
+            _UserFileEnv.release()
+
+    async def _main(self) -> None:
+        thread_id = threading.get_ident()
+        _TOKEN_LOG_FILTER.thread_ids.add(thread_id)
+        try:
+            await super()._main()
+        finally:
+            _TOKEN_LOG_FILTER.thread_ids.discard(thread_id)
+
+    # -- counters --------------------------------------------------------------------------
+
+    @property
+    def handshakes_completed(self) -> int:
+        """Handshakes the acceptor completed (successful type 3 messages, Kerberos logons)."""
+        with self._lock:
+            return self._handshakes_completed
+
+    def _reset_locked(self) -> None:
+        super()._reset_locked()
+        self._handshakes_completed = 0
+
+
+class IISLikeServer(_AcceptorServer[NTLMRequestRecord]):
     """An HTTP/1.1 server on loopback that authenticates connections the way IIS does.
 
     Every path is protected. The first request on a connection gets a 401 offering the
@@ -717,92 +832,20 @@ class IISLikeServer(KeepAliveServer[NTLMRequestRecord, _ConnectionAuth]):
         affinity_cookie: str | None = None,
         host: str = "127.0.0.1",
     ) -> None:
-        super().__init__(
-            host=host,
-            ssl_context=ssl_context,
-            idle_timeout=idle_timeout,
-            auth_per_request=auth_per_request,
-        )
         known = {"ntlm": "NTLM", "negotiate": "Negotiate"}
         if not schemes or any(s.lower() not in known for s in schemes):
             raise ValueError(f"schemes must be a non-empty choice of {sorted(known.values())}")
-        if require_channel_binding and ssl_context is None:
-            raise ValueError("require_channel_binding needs an ssl_context (bindings are TLS)")
-        self.user_file = Path(user_file)
-        if not self.user_file.is_file():
-            raise FileNotFoundError(f"user file {self.user_file} does not exist")
+        super().__init__(
+            user_file=user_file,
+            ssl_context=ssl_context,
+            auth_per_request=auth_per_request,
+            require_channel_binding=require_channel_binding,
+            idle_timeout=idle_timeout,
+            host=host,
+        )
         self.schemes = tuple(known[s.lower()] for s in schemes)
-        self.require_channel_binding = require_channel_binding
         if affinity_cookie is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", affinity_cookie):
             raise ValueError(f"affinity_cookie {affinity_cookie!r} is not a plain cookie name")
         self.affinity_cookie = affinity_cookie
-        #: DER of the certificate the server presents (HTTPS only, else None).
-        self.certificate_der: bytes | None = None
-        #: The ``tls-server-end-point`` bindings a client must send (HTTPS only).
-        self.channel_bindings: GssChannelBindings | None = None
-        self._expected_binding_md5: bytes | None = None
-        if ssl_context is not None:
-            self.certificate_der = _served_certificate(ssl_context)
-            self.channel_bindings = channel_bindings_for(self.certificate_der)
-            self._expected_binding_md5 = _md5(self.channel_bindings.pack())
-        self._env_acquired = False
-        self._handshakes_completed = 0
-
-    # -- lifecycle: own NTLM_USER_FILE while running ----------------------------------------
-
-    def start(self: _IISServerT) -> _IISServerT:
-        """Point ``NTLM_USER_FILE`` at ``user_file`` and start listening.
-
-        Returns:
-            The server itself.
-
-        Raises:
-            RuntimeError: Another ``IISLikeServer`` with a different user file is running in
-                this process (``NTLM_USER_FILE`` is process-wide), the server was started
-                before, or the listener could not be opened.
-        """
-        acquired = False
-        if not self._env_acquired:  # a second start() must not take (or drop) it again
-            _UserFileEnv.acquire(self.user_file)
-            self._env_acquired = acquired = True
-        try:
-            super().start()
-        except BaseException:
-            if acquired:
-                self._release_env()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Close every connection, stop the thread and restore ``NTLM_USER_FILE``."""
-        try:
-            super().stop()
-        finally:
-            self._release_env()
-
-    def _release_env(self) -> None:
-        if self._env_acquired:
-            self._env_acquired = False
-            _UserFileEnv.release()
-
-    async def _main(self) -> None:
-        thread_id = threading.get_ident()
-        _TOKEN_LOG_FILTER.thread_ids.add(thread_id)
-        try:
-            await super()._main()
-        finally:
-            _TOKEN_LOG_FILTER.thread_ids.discard(thread_id)
-
-    # -- counters --------------------------------------------------------------------------
-
-    @property
-    def handshakes_completed(self) -> int:
-        """Handshakes the acceptor completed (successful type 3 messages, Kerberos logons)."""
-        with self._lock:
-            return self._handshakes_completed
-
-    def _reset_locked(self) -> None:
-        super()._reset_locked()
-        self._handshakes_completed = 0
 
     # -- connection handling ---------------------------------------------------------------
