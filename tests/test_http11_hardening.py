@@ -13,6 +13,7 @@ The request-side refusals and the connection's keep-alive clock are checked on
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -618,3 +619,158 @@ async def test_http11_expired_connection_replaced_by_the_pool(
         assert [info.conn_id for info in c.connections] == [third.extensions[CONN_ID]]
         assert_pool_clean(c)
     assert [r.conn for r in server.requests] == [0, 0, 1]
+
+
+# The rest of the connection's paths, each as a user would meet it.
+
+
+async def test_http11_set_cookie_of_a_pooled_response_reaches_the_jar(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    server = serve(reply(b"in", headers=[b"Set-Cookie: session=abc; Path=/"]), reply(b"back"))
+    async with client() as c:
+        await c.get(server.url)
+        await c.get(server.url)
+        assert c.cookies.get("session") == "abc"
+    assert server.requests[1].headers[b"cookie"] == b"session=abc"  # sent back
+
+
+async def test_http11_connect_tunnel_with_early_bytes_refuses_tls(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # A proxy that sends bytes after its 200 to CONNECT, before the TLS handshake: those
+    # bytes would be read as the TLS server's, so start_tls is refused.
+    server = serve([b"HTTP/1.1 200 Connection established\r\n\r\nEARLY", HANG])
+    async with client() as c:
+        async with c.stream("CONNECT", server.url) as response:
+            assert response.status_code == 200
+            stream = response.extensions["network_stream"]
+            assert stream.get_extra_info("server_addr")[0] == "127.0.0.1"
+            with pytest.raises(httpcore.ProxyError, match=r"sent data after its CONNECT"):
+                await stream.start_tls(ssl.create_default_context(), "example.com")
+            await stream.aclose()
+        assert c.connections == []
+        assert_pool_clean(c)
+    server.wait_finished(1)  # the aclose() above really closed the socket
+
+
+async def test_http11_connect_tunnel_starts_tls_when_nothing_came_early(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # No early bytes: the TLS handshake starts on the tunnel (here against a server that
+    # answers it with garbage, so the handshake fails with a TLS error, not a ProxyError).
+    server = serve([b"HTTP/1.1 200 Connection established\r\n\r\n", 0.05, b"not tls\r\n", CLOSE])
+    async with client() as c:
+        async with c.stream("CONNECT", server.url) as response:
+            stream = response.extensions["network_stream"]
+            with pytest.raises(httpcore.ConnectError):
+                await stream.start_tls(ssl.create_default_context(), "example.com", 2.0)
+        assert_pool_clean(c)
+
+
+async def test_http11_connection_repr_and_states() -> None:
+    stream = _Stream(reply(b"x" * 100_000))  # more than one read: the body is still coming
+    connection = _connection(stream)
+    assert repr(connection) == "<HTTP11Connection [http://example.com:80, IDLE]>"
+    head = await connection.send(b"GET", b"/", [HOST], [], {})
+    assert repr(connection) == "<HTTP11Connection [http://example.com:80, ACTIVE]>"
+    # Busy with a response: not expired (the pool must not close it under the reader), and
+    # not available for a second request.
+    assert not connection.has_expired()
+    with pytest.raises(httpcore.ConnectionNotAvailable):
+        await connection.send(b"GET", b"/", [HOST], [], {})
+    assert b"".join([part async for part in head.stream]) == b"x" * 100_000
+    assert connection.is_idle()
+
+
+async def test_http11_connection_closed_while_its_body_is_read_stays_closed() -> None:
+    # The pool closes a connection (client closed, cancellation) while its body is being
+    # read: reaching the end of the body must not make it idle again.
+    stream = _Stream(reply(b"x" * 100_000))
+    connection = _connection(stream)
+    head = await connection.send(b"GET", b"/", [HOST], [], {})
+    await connection.aclose()
+    assert len(b"".join([part async for part in head.stream])) == 100_000
+    assert connection.is_closed()
+    assert not connection.is_idle()
+
+
+class _BodyClass:
+    """A request body that is an async iterable but not an async generator."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self._parts = list(parts)
+
+    def __aiter__(self) -> _BodyClass:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._parts:
+            raise StopAsyncIteration
+        return self._parts.pop(0)
+
+
+async def test_http11_request_body_kinds_and_their_failures() -> None:
+    # A sync iterable too large to go with the head is written part by part.
+    stream = _Stream(reply(b"ok"))
+    connection = _connection(stream)
+    big = [b"a" * 40_000, b"b" * 40_000]
+    headers = [HOST, (b"Content-Length", b"80000")]
+    head = await connection.send(b"POST", b"/", headers, iter(big), {})
+    assert b"".join([part async for part in head.stream]) == b"ok"
+    assert b"".join(stream.written).endswith(b"\r\n\r\n" + b"".join(big))
+    # A body class (not a generator) longer than its Content-Length: refused, not closed.
+    connection = _connection(_Stream())
+    with pytest.raises(httpcore.LocalProtocolError, match=r"3 bytes long .* says 2"):
+        await connection.send(
+            b"POST", b"/", [HOST, (b"Content-Length", b"2")], _BodyClass(b"abc"), {}
+        )
+
+
+async def test_http11_request_body_generator_failing_to_close_keeps_the_real_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> Any:
+        try:
+            yield b"abc"
+            yield b"def"
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    connection = _connection(_Stream())
+    headers = [HOST, (b"Content-Length", b"2")]
+    with (
+        caplog.at_level(logging.DEBUG, logger="httpx_extensions.http11"),
+        pytest.raises(httpcore.LocalProtocolError, match=r"says 2$"),
+    ):
+        await connection.send(b"POST", b"/", headers, body(), {})
+    assert any("cleanup failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_http11_request_with_chunked_then_content_length_goes_chunked() -> None:
+    # As httpcore does: Transfer-Encoding wins, the Content-Length that follows is kept.
+    stream = _Stream(reply(b"ok"))
+    connection = _connection(stream)
+    headers = [HOST, (b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")]
+    head = await connection.send(b"POST", b"/", headers, [b"abc"], {})
+    assert b"".join([part async for part in head.stream]) == b"ok"
+    assert b"".join(stream.written).endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+
+
+async def test_http11_traced_streamed_response_closed_early(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"
+    server = serve([head, 0.05, b"56789"], reply(b"next"))
+    events: list[str] = []
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        events.append(name)
+
+    async with client() as c:
+        async with c.stream("GET", server.url, extensions={"trace": trace}) as response:
+            assert response.status_code == 200  # closed without reading the body
+        assert events[-2:] == ["http11.response_closed.started", "http11.response_closed.complete"]
+        assert c.connections == []  # closed mid-body: not reused
+        assert (await c.get(server.url)).text == "next"
+        assert_pool_clean(c)

@@ -658,6 +658,7 @@ class HTTP11Connection:
     async def _fixed(
         self, length: int, keep_alive: bool, timeout: float | None
     ) -> AsyncIterator[bytes]:
+        # Only for a body not yet all in the buffer: length > 0, at least one read to come.
         remaining = length
         while remaining:
             if not self._buffer and not await self._fill(timeout):
@@ -678,8 +679,6 @@ class HTTP11Connection:
                 remaining = 0
                 self._done(keep_alive)
                 yield chunk
-        if not length:
-            self._done(keep_alive)
 
     async def _chunked(self, keep_alive: bool, timeout: float | None) -> AsyncIterator[bytes]:
         # Parsed at an offset into the received bytes: slicing the rest off after every
