@@ -462,6 +462,31 @@ async def test_http11_malformed_challenge_token_not_in_error_or_log(
     assert not [m for m in messages if TOKEN[:16].decode() in m]
 
 
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        pytest.param(
+            b"HTTP/1.1 401 Unauthorized\rWWW-Authenticate: Negotiate " + TOKEN + b"\r\n\r\n",
+            r"^Invalid status line b'HTTP/1.1 401 Unauthorized' \(then a bare CR\)$",
+            id="status-line",
+        ),
+        pytest.param(
+            CHUNKED + b"0\rAuthorization: Negotiate " + TOKEN + b"\r\n\r\n",
+            r"^Invalid chunk size line b'0' \(then a bare CR\)$",
+            id="chunk-size-line",
+        ),
+    ],
+)
+async def test_http11_line_shown_in_an_error_stops_at_a_bare_cr(
+    serve: Callable[..., ScriptedServer], answer: bytes, message: str
+) -> None:
+    # Found by the differential fuzz: a bare CR in place of a CRLF joins the next line, a
+    # header with its token, to the line the error shows.
+    server = serve([answer, HANG], reply(b"recovered"))
+    shown = await _refused(server, message)
+    assert TOKEN[:8].decode() not in shown
+
+
 # The connection's own refusals and clock, on HTTP11Connection directly.
 
 

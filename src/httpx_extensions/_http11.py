@@ -634,10 +634,10 @@ class HTTP11Connection:
         if matched is None:
             if not status_line.startswith(b"HTTP/"):
                 raise httpcore.RemoteProtocolError(
-                    f"Invalid status line {status_line[:100]!r}: the server did not answer "
+                    f"Invalid status line {_shown(status_line)}: the server did not answer "
                     "with HTTP/1.x"
                 )
-            raise httpcore.RemoteProtocolError(f"Invalid status line {status_line[:100]!r}")
+            raise httpcore.RemoteProtocolError(f"Invalid status line {_shown(status_line)}")
         version, status, reason = matched.groups()
         if first_end < 0:
             return int(status), reason or b"", version, [], end
@@ -717,12 +717,12 @@ class HTTP11Connection:
             # head's lines only.
             if size_line[-1:] != b"\r":
                 raise httpcore.RemoteProtocolError(
-                    f"Chunk size line {size_line[:100]!r} not ended by CRLF (a bare LF)"
+                    f"Chunk size line {_shown(size_line)} not ended by CRLF (a bare LF)"
                 )
             matched = _CHUNK_SIZE_RE.fullmatch(size_line, 0, len(size_line) - 1)
             if matched is None:
                 raise httpcore.RemoteProtocolError(
-                    f"Invalid chunk size line {size_line[:-1][:100]!r}"
+                    f"Invalid chunk size line {_shown(size_line[:-1])}"
                 )
             digits = matched[1]
             if len(digits) > 16 or (remaining := int(digits, 16)) > _MAX_LENGTH:
@@ -811,6 +811,18 @@ def _parse_fields(block: bytes, section: str) -> Headers:
             raise _field_error(line, section)
         fields.append((field[1], field[2]))
     return fields
+
+
+def _shown(line: bytes) -> str:
+    """A status or chunk-size line for an error message: truncated, and cut at a bare CR.
+
+    A bare CR where the CRLF should be puts the next line, a header with perhaps a token
+    in its value, on the same line: nothing from after a CR is shown.
+    """
+    cut = line.find(b"\r")
+    if cut >= 0:
+        return f"{line[: min(cut, 100)]!r} (then a bare CR)"
+    return repr(line[:100])
 
 
 def _field_error(line: bytes, section: str) -> httpcore.RemoteProtocolError:
