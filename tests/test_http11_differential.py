@@ -365,7 +365,11 @@ def _valid_response(draw: st.DrawFn) -> bytes:
         if draw(st.booleans()):
             raw += b"Link: </a.css>; rel=preload" + eol()
         raw += eol()
-    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
+    version = draw(
+        st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2"])
+        if draw(st.integers(0, 9))
+        else st.sampled_from([b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.10", b"HTTP/1"])
+    )
     status = draw(
         st.sampled_from(
             [

@@ -144,6 +144,20 @@ async def test_http11_transfer_encoding_and_content_length_chunked_not_reused(
     assert [r.conn for r in server.requests] == [0, 1]
 
 
+async def test_http11_higher_minor_version_kept_alive_as_1_1(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # RFC 9110 2.5: HTTP/1.2 is read as HTTP/1.1 (found by the differential fuzz: h11 does
+    # so, and we closed the connection as for HTTP/1.0).
+    server = serve(reply(b"one", version=b"HTTP/1.2"), reply(b"two"))
+    async with client() as c:
+        first = await c.get(server.url)
+        assert first.http_version == "HTTP/1.2"
+        second = await c.get(server.url)
+        assert second.extensions[CONN_ID] == first.extensions[CONN_ID]
+    assert [r.conn for r in server.requests] == [0, 0]
+
+
 @pytest.mark.parametrize(
     "value",
     [b"chunked,", b", chunked", b"Chunked"],

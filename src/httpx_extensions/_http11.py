@@ -578,7 +578,8 @@ class HTTP11Connection:
                 "Server sent 101 Switching Protocols to a request without Upgrade"
             )
 
-        keep_alive = not close and version == b"1.1" and not framing.close
+        # HTTP/1.2 and up are read as 1.1 (RFC 9110 2.5), as h11 does: only 1.0 closes.
+        keep_alive = not close and version != b"1.0" and not framing.close
         body: typing.AsyncIterable[bytes]
         if method == b"HEAD" or status in _NO_BODY_STATUS:
             self._done(keep_alive)
