@@ -815,15 +815,18 @@ def _parse_fields(block: bytes, section: str) -> Headers:
 
 
 def _shown(line: bytes) -> str:
-    """A status or chunk-size line for an error message: truncated, and cut at a bare CR.
+    """A status or chunk-size line for an error message: truncated, cut at a CR or colon.
 
-    A bare CR where the CRLF should be puts the next line, a header with perhaps a token
-    in its value, on the same line: nothing from after a CR is shown.
+    Where a server dropped or mangled the line end (a bare CR, no CRLF at all), the next
+    line, a header with perhaps a token in its value, is on the same line: only what comes
+    before a CR and before a colon (so at most a header's name) is ever shown.
     """
-    cut = line.find(b"\r")
-    if cut >= 0:
-        return f"{line[: min(cut, 100)]!r} (then a bare CR)"
-    return repr(line[:100])
+    cr, colon = line.find(b"\r"), line.find(b":")
+    if cr < 0 and colon < 0:
+        return repr(line[:100])
+    if colon < 0 or 0 <= cr < colon:
+        return f"{line[: min(cr, 100)]!r} (shown up to a bare CR)"
+    return f"{line[: min(colon, 100)]!r} (shown up to a colon)"
 
 
 def _field_error(line: bytes, section: str) -> httpcore.RemoteProtocolError:
