@@ -1,4 +1,4 @@
-"""One HTTP/1.1 client connection: writes a request, parses the response, keeps it alive.
+r"""One HTTP/1.1 client connection: writes a request, parses the response, keeps it alive.
 
 httpcore's ``AsyncHTTP11Connection`` drives h11's general-purpose state machine and takes an
 anyio lock twice per request; profiled under the pool at concurrency 50 that was about half of
@@ -25,9 +25,10 @@ What it accepts and refuses follows h11 (what httpcore, and so httpx, accept) an
   the grammar (``;name``, ``;name=token``, ``;name="quoted"``);
 * a bare CR is refused everywhere (``\r\r\n`` is not a line end);
 * the connection is kept alive unless either side said ``Connection: close``, the response
-  is HTTP/1.0, its body ran to the end of the connection, or it carried both
-  ``Transfer-Encoding`` and ``Content-Length`` (RFC 9112 6.3: the chunked framing is used,
-  but such a message may be a smuggling attempt, so the connection is not trusted again);
+  is HTTP/1.0 (a higher minor version is read as 1.1, RFC 9110 2.5), its body ran to the
+  end of the connection, or it carried both ``Transfer-Encoding`` and ``Content-Length``
+  (RFC 9112 6.3: the chunked framing is used, but such a message may be a smuggling
+  attempt, so the connection is not trusted again);
 * a ``101 Switching Protocols`` answer to an ``Upgrade`` request and a 2xx answer to
   ``CONNECT`` hand over the stream in ``response.extensions["network_stream"]`` (with any
   bytes already read in front of it); the connection is then out of HTTP and is not reused.
@@ -36,7 +37,8 @@ Every refusal of the server's bytes is an ``httpcore.RemoteProtocolError`` (whic
 to ``httpx.RemoteProtocolError``) that names the problem, and the header, but never shows a
 header value: a malformed ``WWW-Authenticate`` or ``Set-Cookie`` line must not carry its
 token into an error message or a log. Only the status line and chunk-size lines are shown,
-truncated.
+truncated, and cut before any CR or colon (past which a header could follow, when the server
+dropped a line end).
 
 Where this parser is more lenient than h11 (each allowed by the RFC; the differential test
 ``tests/test_http11_differential.py`` encodes each as an explicit exception):
@@ -48,7 +50,7 @@ Where this parser is more lenient than h11 (each allowed by the RFC; the differe
 
 Where it is stricter than h11 (each forbidden by the RFC):
 
-* control characters other than HTAB (``\x01``-``\x08``, ``\x0b``-``\x1f``, ``\x7f``) in
+* control characters other than HTAB (``\x01``-``\x08``, ``\x0e``-``\x1f``, ``\x7f``) in
   a header value, trailer value or reason phrase (RFC 9110 5.5 makes them invalid; h11 keeps
   them);
 * chunk extensions outside the grammar and chunk sizes of 17 to 20 hex digits (h11 takes any
