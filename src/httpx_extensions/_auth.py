@@ -24,7 +24,6 @@ import binascii
 import dataclasses
 import hashlib
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import spnego
 import spnego.channel_bindings
 import spnego.exceptions
 
-from ._exceptions import HTTPXExtensionsError
+from ._exceptions import AuthenticationError
 from ._extensions import CONN_ID, PARTITION
 
 __all__ = ["AuthenticationError", "NTLMAuth", "NegotiateAuth"]
@@ -44,31 +43,11 @@ logger = logging.getLogger("httpx_extensions.auth")
 
 # pyspnego logs whole tokens at DEBUG. Unless the application chose a level for its logger,
 # keep it at INFO so that turning on DEBUG logging to look at this library leaks no token.
+# Set where pyspnego is imported, before it can log a handshake: the package imports this
+# module on first use of an auth name (httpx_extensions.__getattr__), not at its own import.
 _spnego_logger = logging.getLogger("spnego")
 if _spnego_logger.level == logging.NOTSET:
     _spnego_logger.setLevel(logging.INFO)
-
-_AUTH_HEADER = re.compile(
-    r"\((b?)(['\"])(authorization|www-authenticate|proxy-authorization|proxy-authenticate)\2,"
-    r" b?(['\"]).*?\4\)",
-    re.IGNORECASE,
-)
-
-
-class _RedactAuthHeaders(logging.Filter):
-    """httpcore's DEBUG trace prints every header; blank the values of the auth ones."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.msg
-        if isinstance(message, str) and ("uthenticat" in message or "uthoriz" in message):
-            record.msg = _AUTH_HEADER.sub(r"(\1\2\3\2, b'<redacted>')", message)
-        return True
-
-
-for _name in ("httpcore.http11", "httpcore.proxy"):
-    _trace_logger = logging.getLogger(_name)
-    if not any(isinstance(f, _RedactAuthHeaders) for f in _trace_logger.filters):
-        _trace_logger.addFilter(_RedactAuthHeaders())
 
 # Private diagnostic hook (used by ``httpx-extensions probe``): a request whose extensions
 # hold a list under this key gets one dict appended per step of its handshake: the scheme
@@ -81,24 +60,6 @@ _AUTH_TRACE = "httpx_extensions.auth_trace"
 _REMEMBERED_CONNECTIONS = 4096
 # How many NTLM template contexts (one per SPN host and channel binding) an auth keeps.
 _NTLM_TEMPLATES = 64
-
-
-class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
-    """A handshake could not be carried out: a malformed or truncated challenge, a server that
-    dropped the connection between legs, or an error from the security provider (pyspnego,
-    chained as ``__cause__``). The message names the scheme and what went wrong.
-
-    A login the *server* rejects (wrong NTLM password) is not an error: the final 401 is
-    returned, once. With Kerberos only (``NegotiateAuth(..., allow_ntlm=False)``) and an
-    explicit password, the KDC refuses a wrong password before anything is sent, and that is
-    an AuthenticationError; with NTLM allowed, SPNEGO falls back to NTLM and the server's
-    final 401 is returned.
-    """
-
-    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
-        super().__init__(message)
-        if request is not None:
-            self.request = request
 
 
 @dataclass(frozen=True)
@@ -250,17 +211,10 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             if conn_id is not None and conn_id in self._authenticated:
                 self._rechallenging.add(origin)
                 logger.debug("%s challenged an authenticated connection: going preemptive", origin)
-            choice = self._choose(_offered(response))
+            choice = self._challenged(request, response, trace)
             if choice is None:
-                if trace is not None:
-                    trace.append({"event": "no_scheme"})
                 return  # none of our schemes offered: the 401 is the answer
-            scheme, protocol = choice
-            _carry_cookies(request, response)
-            if trace is not None:
-                trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
-            if self._channel_binding:
-                bindings = _channel_bindings(response)
+            scheme, protocol, bindings = choice
         if trace is not None:
             trace.append(
                 {
@@ -272,19 +226,41 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             )
         context = await self._new_context(protocol, request, bindings)
         token = await self._step(context, None, scheme, request)
-        first = True
-        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3
+        first, restarted = True, False
+        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3 (+1 restart)
             leg = self._leg(
                 request, scheme, token, conn_id, intermediate=first and _is_ntlm(context)
             )
             first = False
             response = yield leg
             if conn_id is not None and response.extensions.get(CONN_ID, conn_id) != conn_id:
-                raise AuthenticationError(
-                    f"{scheme} handshake with {origin} was split: the server closed connection "
-                    f"{conn_id} between legs, and a handshake cannot move to another connection",
-                    request=request,
+                # The leg went out on another connection: the one holding the handshake was
+                # closed, before the leg (a pin that could not be honoured) or as it went
+                # out (the transport resends a request lost on a reused connection). The
+                # new connection answers with a fresh challenge: start over there, once.
+                if restarted or response.status_code != 401:
+                    raise AuthenticationError(
+                        f"{scheme} handshake with {origin} was split: the server closed "
+                        f"connection {conn_id} between legs, and a handshake cannot move to "
+                        "another connection",
+                        request=request,
+                    )
+                restarted = first = True
+                logger.debug(
+                    "%s handshake with %s lost conn_id %s: starting over on conn_id %s",
+                    scheme,
+                    origin,
+                    conn_id,
+                    response.extensions.get(CONN_ID),
                 )
+                conn_id = response.extensions.get(CONN_ID)
+                choice = self._challenged(request, response, trace)
+                if choice is None:
+                    return
+                scheme, protocol, bindings = choice
+                context = await self._new_context(protocol, request, bindings)
+                token = await self._step(context, None, scheme, request)
+                continue
             conn_id = response.extensions.get(CONN_ID)
             offered = _offered(response)
             in_token = offered.get(scheme.lower())
@@ -315,6 +291,25 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         raise AuthenticationError(
             f"{scheme} handshake with {origin} did not finish after 8 legs", request=request
         )
+
+    def _challenged(
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        trace: list[dict[str, object]] | None,
+    ) -> tuple[str, str, object | None] | None:
+        """(scheme, protocol, channel bindings) to answer a 401 with, or None for none."""
+        choice = self._choose(_offered(response))
+        if choice is None:
+            if trace is not None:
+                trace.append({"event": "no_scheme"})
+            return None
+        scheme, protocol = choice
+        _carry_cookies(request, response)
+        if trace is not None:
+            trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
+        bindings = _channel_bindings(response) if self._channel_binding else None
+        return scheme, protocol, bindings
 
     def _leg(
         self,

@@ -309,6 +309,7 @@ class HTTP11Connection:
         "_keepalive_expiry",
         "_last_headers",
         "_origin",
+        "_responded",
         "_state",
         "_stream",
     )
@@ -325,6 +326,9 @@ class HTTP11Connection:
         self._state = _IDLE
         self._expire_at: float | None = None
         self._buffer = b""
+        # Whether any byte of the current request's response has arrived: a request that
+        # failed before one did may be sent again on another connection (see answered()).
+        self._responded = False
         self._last_headers: tuple[Headers, bytes, bool, int | bool | None] | None = None
         # Streams that can say directly whether the server has written (AsyncioStream) are
         # asked so; others through get_extra_info, as httpcore does.
@@ -360,6 +364,15 @@ class HTTP11Connection:
             return False
         return bool(self._is_readable())
 
+    def answered(self) -> bool:
+        """Whether any byte of the last request's response arrived.
+
+        False after a failed request means that no answer began: the server closed or reset
+        the connection first (typically a keep-alive connection it had just timed out). The
+        transport then sends an idempotent request once more, on a new connection.
+        """
+        return self._responded
+
     async def aclose(self) -> None:
         self._state = _CLOSED
         await self._stream.aclose()
@@ -385,6 +398,7 @@ class HTTP11Connection:
             raise httpcore.ConnectionNotAvailable()
         self._state = _ACTIVE
         self._expire_at = None
+        self._responded = False
         timeouts = extensions.get("timeout") or {}
         trace = extensions.get("trace")
         if trace is not None or logger.isEnabledFor(logging.DEBUG):
@@ -624,6 +638,7 @@ class HTTP11Connection:
             # Look again only from where a new line could have ended.
             start = max(len(buffer) - 2, 0)
             buffer += data
+            self._responded = True
             match = _HEAD_END_RE.search(buffer, start)
         end = match.end()
         if end > MAX_HEAD_SIZE + 4:
