@@ -7,7 +7,7 @@ how the pool works.
 from __future__ import annotations
 
 from .__version__ import __version__
-from ._auth import AuthenticationError, NegotiateAuth, NTLMAuth
+from ._auth import AuthenticationError, MutualAuth, NegotiateAuth, NTLMAuth
 from ._client import ExClient
 from ._exceptions import (
     ConnectionStateError,
@@ -30,6 +30,7 @@ __all__ = [
     "ExClient",
     "ExTransport",
     "HTTPXExtensionsError",
+    "MutualAuth",
     "NTLMAuth",
     "NegotiateAuth",
     "PARTITION",

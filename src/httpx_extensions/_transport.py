@@ -25,7 +25,7 @@ import httpx
 import sniffio
 
 from ._exceptions import UnsupportedConfiguration
-from ._extensions import CONN_ID, PARTITION
+from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from ._http11 import HTTP11Connection, _Once
 from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection
@@ -384,6 +384,11 @@ class ExTransport(httpx.AsyncBaseTransport):
             raise mapped from exc
         connection = typing.cast(HTTP11Connection, conn.connection)
         try:
+            if conn.requests == 1 and PREEMPTIVE in extensions:
+                # A new connection: the auth opens its handshake on this request (its
+                # preemptive= option), with the bindings of this connection's certificate.
+                preempt = extensions[PREEMPTIVE]
+                headers = [*headers, *await preempt(request, connection._stream)]
             head = await connection.send(method, target, headers, request.stream, extensions)
         except BaseException as exc:
             await self._pool.release(conn)
