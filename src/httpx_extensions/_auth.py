@@ -438,18 +438,21 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 if response.status_code < 400:
                     self._remember(response)
                 return
-            if preempted and in_token is None and scheme.lower() in offered:
-                # The server ignored the preemptive token and offers the scheme afresh (IIS
-                # in kernel mode answers one on a new connection with 401.1): run the
-                # ordinary handshake on this connection, once.
+            choice = self._choose(offered) if preempted and in_token is None else None
+            if choice is not None:
+                # The server refused the preemptive token and offers schemes afresh (IIS in
+                # kernel mode answers one on a new connection with 401.1; or the scheme we
+                # opened with is not offered): the ordinary handshake on this connection, once.
                 logger.debug("%s preemptive token refused by %s: starting over", scheme, origin)
                 preempted.clear()
                 _carry_cookies(request, response)
+                if trace is not None:
+                    trace.append({"event": "choice", "scheme": choice[0], "preemptive": False})
                 if self._channel_binding:
                     bindings = _channel_bindings(response)
-                choice = self._choose(offered)
-                assert choice is not None  # the scheme is offered
                 scheme, protocol = choice
+                if trace is not None:
+                    trace.append(self._context_record(protocol, request, bindings))
                 context = await self._new_context(protocol, request, bindings)
                 token = await self._step(context, None, scheme, request)
                 first, response = True, None
