@@ -25,7 +25,7 @@ import trustme
 from httpx_extensions import AuthenticationError, ExClient, NegotiateAuth
 
 from .conftest import assert_pool_clean
-from .servers import IISLikeServer, write_user_file
+from .servers import IISLikeServer, LoopbackServer, write_user_file
 from .servers.kdc import LoopbackKDC, kerberos_unavailable
 
 pytestmark = pytest.mark.anyio
@@ -385,3 +385,16 @@ async def test_kerberos_preemptive_https_binds_to_the_new_connection(
         assert response.status_code == 200
         assert [(r.status, r.channel_binding) for r in iis_https.log] == [(200, "match")]
         assert_kerberos(iis_https)
+
+
+async def test_kerberos_preemptive_to_a_page_without_login_is_not_a_mutual_auth_failure(
+    kdc: LoopbackKDC, server: LoopbackServer
+) -> None:
+    # The AP-REQ went out unasked; the server ignored it and answered 200 with no token, as
+    # it answers anonymous requests: nothing was authenticated, so nothing to prove.
+    async with ExClient() as client:
+        url = f"http://localhost:{server.port}/"
+        response = await client.get(url, auth=NegotiateAuth(preemptive=True))
+        assert response.status_code == 200
+        assert server.log[0].authorization is not None
+        assert server.log[0].authorization.startswith("Negotiate ")

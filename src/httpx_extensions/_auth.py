@@ -426,7 +426,10 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             if trace is not None:
                 trace.append(_exchange_record(response, scheme, token, in_token))
             if response.status_code != 401:
-                await self._finish(context, in_token, scheme, request, response, origin)
+                if not (preempted and in_token is None):
+                    await self._finish(context, in_token, scheme, request, response, origin)
+                # else: a server that answers a preemptive token with no token of its own did
+                # not authenticate (it needs no login there), as for an anonymous request.
                 if trace is not None:
                     trace.append(
                         {
