@@ -348,6 +348,23 @@ async def test_kerberos_mutual_auth(
             assert_pool_clean(client)
 
 
+@pytest.mark.parametrize("final_token", ["omit", "corrupt"])
+async def test_kerberos_mutual_auth_failure_closes_the_connection(
+    kdc: LoopbackKDC, user_file: Path, final_token: str
+) -> None:
+    # The server thinks the connection is authenticated. Kept, it would serve the next
+    # request of this identity without a handshake, so without any check of the server.
+    with IISLikeServer(user_file=user_file, final_token=final_token) as server:
+        auth = NegotiateAuth()
+        async with ExClient() as client:
+            for attempt in (1, 2):
+                with pytest.raises(AuthenticationError, match="mutual authentication"):
+                    await client.get(localhost_url(server, f"/{attempt}"), auth=auth)
+                assert server.connections_opened == attempt
+                assert server.handshakes_completed == attempt
+            assert_pool_clean(client)
+
+
 async def test_kerberos_mutual_auth_required_is_the_default(
     kdc: LoopbackKDC, user_file: Path
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -252,6 +253,19 @@ def _rejection(context: spnego.ContextProxy, in_token: bytes | None) -> str | No
     if context.complete:
         return "401 after the client finished its handshake"
     return None
+
+
+async def _abandon(response: httpx.Response) -> None:
+    """Close the connection of a server that failed mutual authentication.
+
+    The server considers the connection authenticated: left in the pool, it would serve this
+    identity's next requests with no handshake, so with no check of the server at all. A
+    closed stream makes the pool drop the connection at its next pick.
+    """
+    stream = response.extensions.get("network_stream")
+    if stream is not None:
+        with contextlib.suppress(Exception):  # already broken: nothing left to close
+            await stream.aclose()
 
 
 def _channel_bindings(response: httpx.Response) -> object | None:
@@ -543,6 +557,7 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             try:
                 await self._step(context, in_token, scheme, request)
             except AuthenticationError as exc:
+                await _abandon(response)
                 raise AuthenticationError(
                     f"{scheme} mutual authentication with {origin} failed: the server's "
                     f"final token does not prove its identity ({exc})",
@@ -556,6 +571,7 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             problem = "carried no final token to prove its identity"
         else:
             return  # optional: no token, no proof asked for; or an error status
+        await _abandon(response)
         raise AuthenticationError(
             f"{scheme} mutual authentication with {origin} failed: the server's "
             f"{response.status_code} {problem} (mutual_auth={self._mutual_auth.value!r}; "
