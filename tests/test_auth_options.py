@@ -19,8 +19,16 @@ import httpx
 import pytest
 import trustme
 
-from httpx_extensions import CONN_ID, ExClient, MutualAuth, NegotiateAuth, NTLMAuth
+from httpx_extensions import (
+    CONN_ID,
+    AuthenticationError,
+    ExClient,
+    MutualAuth,
+    NegotiateAuth,
+    NTLMAuth,
+)
 from httpx_extensions._auth import _AUTH_TRACE
+from httpx_extensions._extensions import PREEMPTIVE
 
 from .conftest import assert_pool_clean
 from .servers import IISLikeServer, LoopbackServer, write_user_file
@@ -205,6 +213,34 @@ async def test_auth_options_preemptive_token_never_follows_a_redirect(
         assert_pool_clean(client)
 
 
+async def test_auth_options_preemptive_provider_error_sends_nothing_and_frees_the_connection(
+    iis: IISLikeServer,
+) -> None:
+    # Kerberos only, and this suite's Kerberos reaches no KDC: the token cannot be made.
+    # The error comes before a byte is written, and the new connection goes back to the pool.
+    async with ExClient() as client:
+        with pytest.raises(AuthenticationError, match="Negotiate"):
+            await client.get(iis.url + "/", auth=NegotiateAuth(allow_ntlm=False, preemptive=True))
+        assert iis.log == []
+        assert_pool_clean(client)
+        response = await client.get(iis.url + "/", auth=NTLMAuth(*ALICE))
+        assert response.status_code == 200
+
+
+async def test_auth_options_preemptive_under_another_transport_is_inert() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text="ok")
+
+    async with ExClient(transport=httpx.MockTransport(handler)) as client:
+        response = await client.get("http://127.0.0.1:9/", auth=NTLMAuth(*ALICE, preemptive=True))
+        assert response.status_code == 200
+        assert "Authorization" not in seen[0].headers
+        assert PREEMPTIVE not in seen[0].extensions  # the hook does not outlive the request
+
+
 # -- mutual_auth: values and NTLM ------------------------------------------------------------
 
 
@@ -238,8 +274,6 @@ async def test_auth_options_mutual_auth_does_not_apply_to_an_ntlm_fallback(
                 assert server.log[-1].mechanism == "ntlm"
             else:
                 # A final token that is present is checked: a broken mechListMIC is an error.
-                from httpx_extensions import AuthenticationError
-
                 with pytest.raises(AuthenticationError, match="Negotiate mutual authentication"):
                     await client.get(server.url + "/", auth=auth)
                 disabled = NegotiateAuth(*ALICE, mutual_auth="disabled")
