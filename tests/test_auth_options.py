@@ -98,6 +98,19 @@ async def test_auth_options_preemptive_saves_the_anonymous_401_on_new_connection
         assert_pool_clean(client)
 
 
+async def test_auth_options_preemptive_logs_lengths_only(
+    iis: IISLikeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="httpx_extensions.auth")
+    async with ExClient() as client:
+        response = await client.get(iis.url + "/", auth=NTLMAuth(*ALICE, preemptive=True))
+        assert response.status_code == 200
+    messages = [r.getMessage() for r in caplog.records if r.name == "httpx_extensions.auth"]
+    assert "NTLM preemptive: 40-byte token on a new connection" in messages
+    token = response.history[0].request.headers["Authorization"].split()[1]
+    assert not any(token in m or "TlRM" in m for m in messages)
+
+
 async def test_auth_options_without_preemptive_the_first_request_goes_anonymous(
     iis: IISLikeServer,
 ) -> None:
@@ -340,6 +353,14 @@ def test_auth_options_spnego_filter_redacts_preformatted_and_argument_tokens(
         f"SPNEGO step output: <{len(token)} characters redacted>",
         "Failed to create context for SPNEGO protocol kerberos: no KDC",
     ]
+
+
+def test_auth_options_spnego_filter_passes_a_record_it_cannot_format() -> None:
+    from httpx_extensions._auth import _RedactSpnegoTokens
+
+    record = logging.LogRecord("spnego", logging.DEBUG, __file__, 1, "%d tokens", ("x",), None)
+    assert _RedactSpnegoTokens().filter(record) is True  # logging reports the bad record itself
+    assert (record.msg, record.args) == ("%d tokens", ("x",))
 
 
 # -- gssapi not installed --------------------------------------------------------------------
