@@ -29,7 +29,7 @@ from ._pool import ConnectionInfo, ConnectionState
 from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports them
-    from ._auth import NegotiateAuth, NTLMAuth
+    from ._auth import MutualAuth, NegotiateAuth, NTLMAuth
 
 __all__ = [
     "AsyncHTTPTransportMixin",
@@ -41,6 +41,7 @@ __all__ = [
     "ExClient",
     "ExTransport",
     "HTTPXExtensionsError",
+    "MutualAuth",
     "NTLMAuth",
     "NegotiateAuth",
     "PARTITION",
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 # Public name -> private module that defines it, imported on first access.
-_LAZY = {"NTLMAuth": "._auth", "NegotiateAuth": "._auth"}
+_LAZY = {"MutualAuth": "._auth", "NTLMAuth": "._auth", "NegotiateAuth": "._auth"}
 
 
 def __getattr__(name: str) -> typing.Any:

@@ -26,7 +26,7 @@ import httpx
 import sniffio
 
 from ._exceptions import UnsupportedConfiguration
-from ._extensions import CONN_ID, PARTITION
+from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from ._http11 import HTTP11Connection, _Once
 from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str
@@ -404,7 +404,13 @@ class ExTransport(httpx.AsyncBaseTransport):
                 raise mapped from exc
             connection = typing.cast(HTTP11Connection, conn.connection)
             try:
-                head = await connection.send(method, target, headers, request.stream, extensions)
+                wire = headers
+                if conn.requests == 1 and PREEMPTIVE in extensions:
+                    # A new connection: the auth opens its handshake on this request (its
+                    # preemptive= option), with the bindings of this connection's certificate.
+                    preempt = extensions[PREEMPTIVE]
+                    wire = [*headers, *await preempt(request, connection._stream)]
+                head = await connection.send(method, target, wire, request.stream, extensions)
                 break
             except BaseException as exc:
                 await self._pool.release(conn)
