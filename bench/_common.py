@@ -8,7 +8,8 @@ of a suite (:class:`Suite`), the machine and source facts, and the table formatt
 Also here: a private nginx on loopback for the plain suite. It runs from a temporary
 prefix directory with its own config (never the system one), bound to 127.0.0.1 on a
 free port, one worker process, keep-alive connections that are never closed by the
-server during a run, no access log. ``location /`` answers ``200 "ok"`` and
+server during a run, no access log. ``location /`` answers ``200 "ok"``, ``/4k`` a
+4,096-byte body (``BODY_4K``), and
 ``/nginx_status`` is ``stub_status``, whose ``accepts`` counter tells how many TCP
 connections clients opened.
 
@@ -48,6 +49,9 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 CHARTS = ROOT / "docs" / "img"  # bench-<suite>.png, drawn by bench/charts.py
 EXIT_IMPORT_FAILED = 3
+#: What nginx answers at ``/4k``: a typical small API response, where the 2-byte ``ok``
+#: measures little more than the request and response heads.
+BODY_4K = ("0123456789abcdef" * 256).encode()
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -78,6 +82,11 @@ http {{
 
         location = /nginx_status {{
             stub_status;
+        }}
+
+        location = /4k {{
+            default_type text/plain;
+            alias {prefix}/4k.txt;
         }}
 
         location / {{
@@ -219,6 +228,7 @@ class Nginx:
             self.port = free_port()
             conf = Path(self.prefix, "nginx.conf")
             conf.write_text(NGINX_CONF.format(prefix=self.prefix, port=self.port))
+            Path(self.prefix, "4k.txt").write_bytes(BODY_4K)
             self.proc = subprocess.Popen(
                 [
                     self.binary,
@@ -469,6 +479,8 @@ def rates(res: dict, m: dict, per_1k: str) -> dict:
         "req_per_s": res["ok"] / wall if wall > 0 else 0.0,
         per_1k: cpu * 1e6 / done if done else None,
         "client_cpu_pct": 100 * cpu / wall if wall > 0 else None,
+        # Each run is a fresh interpreter: its peak is this run's (KiB on Linux).
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

@@ -53,6 +53,10 @@ BENCHMARKS = {"plain": "plain-get", "ntlm": "ntlm"}  # the "benchmark" field of 
 # Okabe-Ito colours (readable with colour blindness); one per library, same in both charts.
 COLOURS = {
     "exclient": "#D55E00",
+    "exclient-uvloop": "#D55E00",
+    "aiohttp-uvloop": "#009E73",
+    "raw": "#777777",
+    "raw-uvloop": "#777777",
     "httpx": "#0072B2",
     "httpx-ntlm": "#0072B2",
     "aiohttp": "#009E73",
@@ -134,7 +138,8 @@ def draw_plain(data: dict) -> Figure:
     cs = cfg["concurrency"]
     fig = _figure(
         PLAIN_HEIGHT,
-        "GET / → 200 from a local nginx: successful req/s by concurrency (higher is better)",
+        f"GET {plain.BODIES[cfg.get('body', 'ok')][0]} → 200 from a local nginx: successful "
+        "req/s by concurrency (higher is better)",
         f"{facts(data)}\n{cfg['requests']:,} requests per run after {cfg['warmup']:,} warm-up, "
         f"max_connections={cfg['max_connections']}, best of {cfg['repeat']}",
         top=82,
@@ -149,7 +154,9 @@ def draw_plain(data: dict) -> Figure:
             [c for c, _ in runs],
             [r["req_per_s"] for _, r in runs],
             color=COLOURS[name],
-            marker=MARKERS.get(name, "o"),
+            marker=MARKERS.get(name.removesuffix("-uvloop"), "o"),
+            # uvloop: the same library's colour, dashed; the raw reference: dotted.
+            linestyle=":" if name.startswith("raw") else "--" if name.endswith("uvloop") else "-",
             linewidth=2.6 if name == "exclient" else 1.6,
             markersize=7 if name == "exclient" else 5,
             label=label,
@@ -250,12 +257,7 @@ def draw_ntlm(data: dict) -> Figure:
         ax.grid(True, axis="y", alpha=0.3, zorder=0)
         ax.set_ylabel("successful req/s")
         ax.set_title(
-            f"server mode {mode}: "
-            + (
-                "a connection stays authenticated after its handshake"
-                if mode == "per-connection"
-                else "every request needs its own handshake"
-            ),
+            f"server mode {mode}: {ntlm.MODE_TITLES.get(mode, mode)}",
             loc="left",
         )
     axes[-1].set_xlabel(

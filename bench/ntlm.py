@@ -6,6 +6,9 @@ per TCP connection, IIS-style 401s with a body) running in its own process, with
 file of precomputed hashes (``store_hashes=True``). Two server modes:
 
 * ``per-connection`` (IIS default): a connection stays authenticated after its handshake;
+* ``apache``: not ours but a real Apache 2.4 + mod_auth_gssapi + gss-ntlmssp
+  (``tests/servers/apache.py``; ``scripts/install-apache``), connection-bound like
+  ``per-connection``; a C server, so it is not the bottleneck the pure-Python one can be;
 * ``per-request`` (IIS ``authPersistSingleRequest``): every request needs a handshake.
 
 Clients, each sending ``GET /`` and reading the full body:
@@ -38,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -63,11 +67,34 @@ CLIENTS = {
     "requests-ntlm": "requests.Session + requests-ntlm",
     "aiohttp-ntlm": "aiohttp + aiohttp-ntlm",
 }
-MODES = {"per-connection": False, "per-request": True}  # -> auth_per_request
-ROWS = {"1": (1, None), "10": (10, None), "50": (50, None), "50/10": (50, 10)}
+# Server modes -> IISLikeServer's auth_per_request; "apache" is a real server instead.
+MODES = {"per-connection": False, "per-request": True, "apache": False}
+MODE_TITLES = {
+    "per-connection": "a connection stays authenticated after its handshake",
+    "per-request": "every request needs its own handshake",
+    "apache": "Apache 2.4 + mod_auth_gssapi + gss-ntlmssp, connection-bound (a C server)",
+}
+# row -> (concurrency, pool size or None for the library's default, identities). With two
+# identities each request is sent as one of them chosen at random (a service acting for
+# several users); a response for the other user counts as a failure ("wrong user").
+ROWS = {
+    "1": (1, None, 1),
+    "10": (10, None, 1),
+    "50": (50, None, 1),
+    "50/10": (50, 10, 1),
+    "50/10x2": (50, 10, 2),
+    "50/4x4": (50, 4, 4),
+}
 REQUESTS_THREADS_MAX = 16
 DOMAIN, USER, PASSWORD = "BENCH", "alice", "Bench-Passw0rd!"
 USERNAME = f"{DOMAIN}\\{USER}"
+# Every identity the server knows: (DOMAIN\user, password).
+IDENTITIES = [
+    (USERNAME, PASSWORD),
+    (f"{DOMAIN}\\bob", "Bench-Passw0rd-2!"),
+    (f"{DOMAIN}\\carol", "Bench-Passw0rd-3!"),
+    (f"{DOMAIN}\\dave", "Bench-Passw0rd-4!"),
+]
 TIMEOUT = 5.0  # per request, every client (ExClient's and httpx's default)
 EXTRA_PACKAGES = (
     "pyspnego",
@@ -80,6 +107,49 @@ EXTRA_PACKAGES = (
 
 
 # --------------------------------------------------------------------------- server process
+
+
+class _ApacheStats:
+    """``IISLikeServer``'s counters, read off a real Apache's access log and /proc."""
+
+    def __init__(self, server) -> None:  # tests.servers.apache.ApacheNTLMServer
+        self.server = server
+        self.errors: list[str] = []
+
+    def reset(self) -> None:
+        self.server.reset_log()
+
+    def _cpu_s(self) -> float:
+        # The Apache parent and its worker process (apache2 -DFOREGROUND forks one).
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        pids = [self.server.pid]
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.server.pid}/task/{self.server.pid}/children")
+            pids += [int(p) for p in children.read_text().split()]
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def stats(self) -> dict:
+        log = self.server.logged()
+        by_port: dict[str, list[int]] = {}
+        for port, status in log:
+            by_port.setdefault(port, []).append(status)
+        return {
+            "requests_total": len(log),
+            "connections_opened": len(by_port),
+            # A connection's handshake: a 401 followed by a 200 on it.
+            "handshakes_completed": sum(
+                1 for statuses in by_port.values() if 401 in statuses and 200 in statuses
+            ),
+            "open_connections": None,
+            "max_open_connections": len(by_port),
+            "errors": self.errors,
+            "cpu_s": self._cpu_s(),
+        }
 
 
 def serve(argv: list[str]) -> int:
@@ -99,29 +169,41 @@ def serve(argv: list[str]) -> int:
     if args.user_file is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench-ntlm-")
         args.user_file = write_user_file(
-            Path(tmp.name, "users.txt"), [(DOMAIN, USER, PASSWORD)], store_hashes=True
+            Path(tmp.name, "users.txt"),
+            [(DOMAIN, *user.split("\\")[1:], pw) for user, pw in IDENTITIES],
+            store_hashes=args.mode != "apache",  # gss-ntlmssp reads passwords only
         )
-    server = IISLikeServer(user_file=args.user_file, auth_per_request=MODES[args.mode])
+    if args.mode == "apache":
+        from tests.servers.apache import ApacheNTLMServer
 
-    def stats() -> dict:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return {
-            "requests_total": server.requests_total,
-            "connections_opened": server.connections_opened,
-            "handshakes_completed": server.handshakes_completed,
-            "open_connections": server.open_connections,
-            "max_open_connections": server.max_open_connections,
-            "errors": [f"{type(e).__name__}: {e}" for e in server.errors][:20],
-            "cpu_s": ru.ru_utime + ru.ru_stime,
-        }
+        server = ApacheNTLMServer(args.user_file)
+        apache = _ApacheStats(server)
+        stats, reset = apache.stats, apache.reset
+    else:
+        iis = IISLikeServer(user_file=args.user_file, auth_per_request=MODES[args.mode])
+        server = iis
+
+        def stats() -> dict:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            return {
+                "requests_total": iis.requests_total,
+                "connections_opened": iis.connections_opened,
+                "handshakes_completed": iis.handshakes_completed,
+                "open_connections": iis.open_connections,
+                "max_open_connections": iis.max_open_connections,
+                "errors": [f"{type(e).__name__}: {e}" for e in iis.errors][:20],
+                "cpu_s": ru.ru_utime + ru.ru_stime,
+            }
+
+        reset = iis.reset
 
     class Control(BaseHTTPRequestHandler):
-        def _answer(self, reset: bool) -> None:
+        def _answer(self, reset_first: bool) -> None:
             if self.path != "/stats":
                 self.send_error(404)
                 return
-            if reset:
-                server.reset()
+            if reset_first:
+                reset()
             body = json.dumps(stats()).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -130,10 +212,10 @@ def serve(argv: list[str]) -> int:
             self.wfile.write(body)
 
         def do_GET(self) -> None:
-            self._answer(reset=False)
+            self._answer(reset_first=False)
 
         def do_POST(self) -> None:  # POST /stats: reset the counters, then read them
-            self._answer(reset=True)
+            self._answer(reset_first=True)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -152,7 +234,7 @@ def serve(argv: list[str]) -> int:
         print(json.dumps(info), flush=True)
         if sys.stdin.isatty():
             print(
-                f"IISLikeServer ({args.mode}) at {server.url}, user {USERNAME!r} / "
+                f"NTLM server ({args.mode}) at {server.url}, user {USERNAME!r} / "
                 f"{PASSWORD!r}; counters: {info['stats_url']}; Ctrl-C stops it",
                 file=sys.stderr,
             )
@@ -223,23 +305,49 @@ def _kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Identities:
+    """Which identity each request goes as (seeded: the same sequence for every client)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._random = random.Random(1)
+
+    def next(self) -> int:
+        return self._random.randrange(self.count) if self.count > 1 else 0
+
+    def check(self, index: int, status: int, headers, body: bytes) -> str | None:
+        """None for a 200 for that identity, else the kind of failure."""
+        if status != 200:
+            return f"HTTP {status}"
+        if self.count == 1:
+            return None
+        user = headers.get("X-Remote-User")  # Apache; the IIS-like server: in the JSON body
+        if user is None:
+            user = json.loads(body).get("user")
+        return None if user == IDENTITIES[index][0] else "wrong user"
+
+
 def _make_async_client(spec: dict):
     """(closer coroutine function, async fn doing one request -> None if OK else a kind)."""
     name, pool = spec["client"], spec["pool"]
+    ids = _Identities(spec["identities"])
     if name == "aiohttp-ntlm":
         import aiohttp
         from aiohttp_ntlm import HttpNtlmAuthMiddleware
 
+        middlewares = [(HttpNtlmAuthMiddleware(u, pw),) for u, pw in IDENTITIES[: ids.count]]
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool or 100),
-            middlewares=(HttpNtlmAuthMiddleware(USERNAME, PASSWORD),),
+            middlewares=middlewares[0],
             timeout=aiohttp.ClientTimeout(total=TIMEOUT),
         )
 
         async def get(url: str) -> str | None:
-            async with session.get(url) as resp:
-                await resp.read()
-                return None if resp.status == 200 else f"HTTP {resp.status}"
+            i = ids.next()
+            # aiohttp >= 3.12: per-request middlewares replace the session's.
+            async with session.get(url, middlewares=middlewares[i]) as resp:
+                body = await resp.read()
+                return ids.check(i, resp.status, resp.headers, body)
 
         return session.close, get
 
@@ -251,17 +359,21 @@ def _make_async_client(spec: dict):
     if name == "exclient":
         from httpx_extensions import ExClient, NTLMAuth
 
-        client = ExClient(auth=NTLMAuth(USERNAME, PASSWORD), **kwargs)
+        auths = [NTLMAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+        client = ExClient(auth=auths[0], **kwargs)
     elif name == "httpx-ntlm":
         from httpx_ntlm import HttpNtlmAuth
 
-        client = httpx.AsyncClient(auth=HttpNtlmAuth(USERNAME, PASSWORD), **kwargs)
+        auths = [HttpNtlmAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+        client = httpx.AsyncClient(auth=auths[0], **kwargs)
     else:
         raise ValueError(name)
 
     async def get(url: str) -> str | None:
-        resp = await client.get(url)  # not streaming: the body is read in full
-        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+        i = ids.next()
+        # Not streaming: the body is read in full.
+        resp = await client.get(url, auth=auths[i]) if ids.count > 1 else await client.get(url)
+        return ids.check(i, resp.status_code, resp.headers, resp.content)
 
     return client.aclose, get
 
@@ -275,7 +387,9 @@ def _run_requests(spec: dict, url: str) -> dict:
     threads = min(spec["concurrency"], REQUESTS_THREADS_MAX)
     size = spec["pool"] or threads
     session = requests.Session()
-    session.auth = HttpNtlmAuth(USERNAME, PASSWORD)
+    ids = _Identities(spec["identities"])
+    auths = [HttpNtlmAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+    session.auth = auths[0]
     adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, pool_block=bool(spec["pool"]))
     session.mount("http://", adapter)
 
@@ -291,9 +405,13 @@ def _run_requests(spec: dict, url: str) -> dict:
                     return
                 state["remaining"] -= 1
             try:
-                resp = session.get(url, timeout=TIMEOUT)
-                resp.content  # noqa: B018 - read the body in full
-                bad = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+                i = ids.next()
+                if ids.count > 1:
+                    resp = session.get(url, timeout=TIMEOUT, auth=auths[i])
+                else:
+                    resp = session.get(url, timeout=TIMEOUT)
+                # .content reads the body in full
+                bad = ids.check(i, resp.status_code, resp.headers, resp.content)
             except Exception as exc:
                 bad = _kind(exc)
             with lock:
@@ -377,8 +495,9 @@ def worker_main(spec: dict) -> None:
 
 
 def row_label(row: str) -> str:
-    c, pool = ROWS[row]
-    return f"{c} via {pool} conns" if pool else str(c)
+    c, pool, identities = ROWS[row]
+    label = f"{c} via {pool} conns" if pool else str(c)
+    return label + (f", {identities} identities" if identities > 1 else "")
 
 
 def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
@@ -389,12 +508,7 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
     tables: list[str] = []
     for mode in cfg["modes"]:
         rows = [
-            f"**Server mode `{mode}`** "
-            + (
-                "(a connection stays authenticated after its handshake)"
-                if mode == "per-connection"
-                else "(every request needs its own handshake)"
-            ),
+            f"**Server mode `{mode}`** ({MODE_TITLES[mode]})",
             "",
             "| c | client | successful req/s | ExClient ÷ this | failed / sent "
             "| failures by kind | HTTP exchanges / request | TCP conns opened | handshakes "
@@ -521,13 +635,20 @@ def render_markdown(data: dict) -> str:
     for table in tables:
         lines += [table, ""]
     lines += ratios
-    lines += _common.tail_lines(
-        data,
-        "result",
-        "Server process CPU during the measured parts:",
-        notes,
-        " (pure-Python acceptor: on 2 cores it competes with the client)",
-    )
+    peaks = {}
+    for cell in data["results"]:
+        cpu = (cell.get("result") or {}).get("server_cpu_pct")
+        if cpu is not None:
+            peaks[cell["mode"]] = max(cpu, peaks.get(cell["mode"], 0.0))
+    if peaks:
+        lines += [
+            "",
+            "Server process CPU during the measured parts, at most: "
+            + ", ".join(f"`{mode}` {pct:.0f}%" for mode, pct in peaks.items())
+            + " of one core (the IIS-like server is pure Python and, on 2 cores, competes "
+            "with the client; Apache is C).",
+        ]
+    lines += _common.tail_lines({"results": []}, "result", "", notes)
     return "\n".join(lines)
 
 
@@ -537,10 +658,12 @@ INTRO = """\
 ExClient + `httpx_extensions.NTLMAuth` against `httpx.AsyncClient` + `httpx-ntlm`,
 `requests.Session` + `requests-ntlm` and `aiohttp` + `aiohttp-ntlm`, all logging on to the
 IIS-like NTLM server of the test suite (`tests/servers/ntlm.py`: one pyspnego acceptor per
-TCP connection, 401s with a body), run in its own process. Two server modes:
-`per-connection` (IIS default, a connection stays authenticated) and `per-request`
-(`authPersistSingleRequest`, a handshake for every request). Rows: c = 1, 10, 50 with each
-library's default pool, and c = 50 through a 10-connection pool.
+TCP connection, 401s with a body), run in its own process, and a real Apache 2.4 +
+mod_auth_gssapi + gss-ntlmssp (`tests/servers/apache.py`). Three server modes:
+`per-connection` (IIS default, a connection stays authenticated), `per-request`
+(`authPersistSingleRequest`, a handshake for every request) and `apache` (connection-bound,
+a C server that leaves the CPU to the clients; offers only `Negotiate`). Rows: c = 1, 10,
+50 with each library's default pool, and c = 50 through a 10-connection pool.
 
 How to run this suite alone, from the repository root:
 
@@ -567,6 +690,17 @@ SUITE = _common.Suite(
 # --------------------------------------------------------------------------- orchestrator
 
 
+def _default_modes() -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from tests.servers.apache import apache_unavailable
+
+    reason = apache_unavailable()
+    if reason is None:
+        return list(MODES)
+    print(f"ntlm.py: no apache mode: {reason}", file=sys.stderr)
+    return [mode for mode in MODES if mode != "apache"]
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = SUITE.parser(
         __doc__,
@@ -585,7 +719,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}"
     )
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of modes")
+    p.add_argument(
+        "--modes",
+        default=",".join(_default_modes()),
+        help=f"comma-separated subset of {','.join(MODES)} (default: all; apache only where "
+        "scripts/install-apache has installed it)",
+    )
     p.add_argument(
         "--repeat-seconds",
         type=float,
@@ -652,6 +791,7 @@ def measure(args: argparse.Namespace) -> int:
             "row": row,
             "concurrency": ROWS[row][0],
             "pool": ROWS[row][1],
+            "identities": ROWS[row][2],
             "requests": per_client[name],
             "max_seconds": args.max_seconds,
             "runs": [],

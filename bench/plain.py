@@ -36,7 +36,13 @@ CLIENTS = {
     "exclient": "ExClient",
     "httpx": "httpx.AsyncClient",
     "aiohttp": "aiohttp.ClientSession",
+    "raw": "raw asyncio (practical limit)",
+    "exclient-uvloop": "ExClient on uvloop",
+    "aiohttp-uvloop": "aiohttp on uvloop",
+    "raw-uvloop": "raw asyncio on uvloop (practical limit)",
 }
+#: The URL path of each --body choice, and what nginx answers there.
+BODIES = {"ok": ("/", b"ok"), "4k": ("/4k", _common.BODY_4K)}
 REFERENCE = "httpx"  # the client ExClient replaces; ratios are against it (and aiohttp)
 MAX_CONNECTIONS = 100
 
@@ -44,8 +50,55 @@ MAX_CONNECTIONS = 100
 # --------------------------------------------------------------------------- worker
 
 
-def _make_client(name: str):
+class _RawClient:
+    """The practical limit: a hand-written keep-alive HTTP/1.1 GET on asyncio streams.
+
+    No pool logic beyond a free-list of connections, no header parsing beyond
+    Content-Length, no response object: what a client cannot go below on this loop.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._free: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._opened = 0
+        self._available = asyncio.Semaphore(limit)
+
+    async def get(self, url: str) -> bytes:
+        rest = url.partition("://")[2]
+        netloc, _, path = rest.partition("/")
+        host, _, port = netloc.partition(":")
+        async with self._available:
+            if self._free:
+                reader, writer = self._free.pop()
+            else:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                self._opened += 1
+            writer.write(b"GET /%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), netloc.encode()))
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            self._free.append((reader, writer))
+            return body
+
+    async def aclose(self) -> None:
+        for _, writer in self._free:
+            writer.close()
+        self._free = []
+
+
+def _make_client(name: str, expected: bytes):
     """Return (async context manager client, async fn doing one request -> None if OK)."""
+    name = name.removesuffix("-uvloop")
+    if name == "raw":
+        raw = _RawClient(MAX_CONNECTIONS)
+
+        async def get_raw(url: str) -> str | None:
+            return None if await raw.get(url) == expected else "bad response"
+
+        return raw, get_raw
     if name == "aiohttp":
         import aiohttp
 
@@ -54,7 +107,7 @@ def _make_client(name: str):
         async def get(url: str) -> str | None:
             async with session.get(url) as resp:
                 body = await resp.read()
-                return None if resp.status == 200 and body == b"ok" else "bad response"
+                return None if resp.status == 200 and body == expected else "bad response"
 
         return session, get
 
@@ -70,16 +123,17 @@ def _make_client(name: str):
 
     async def get(url: str) -> str | None:
         resp = await client.get(url)  # not streaming: the body is read in full
-        return None if resp.status_code == 200 and resp.content == b"ok" else "bad response"
+        return None if resp.status_code == 200 and resp.content == expected else "bad response"
 
     return client, get
 
 
 async def _run_worker(spec: dict) -> dict:
     base = spec["base_url"]
-    url = base + "/"
+    path, expected = BODIES[spec["body"]]
+    url = base + path
     try:
-        client, get = _make_client(spec["client"])
+        client, get = _make_client(spec["client"], expected)
     except ImportError as exc:
         return _common.import_error(exc)
     out: dict = {}
@@ -99,7 +153,7 @@ async def _run_worker(spec: dict) -> dict:
 
         s2 = _common.read_status(base)
     finally:
-        closer = client.close() if spec["client"] == "aiohttp" else client.aclose()
+        closer = client.close() if spec["client"].startswith("aiohttp") else client.aclose()
         try:
             await asyncio.wait_for(closer, timeout=10)
         except Exception as exc:
@@ -136,6 +190,14 @@ async def _run_worker(spec: dict) -> dict:
 
 
 def worker_main(spec: dict) -> None:
+    if spec["client"].endswith("-uvloop"):
+        try:
+            import uvloop
+        except ImportError as exc:
+            _common.emit(_common.import_error(exc))
+        # asyncio.run(..., loop_factory=uvloop.new_event_loop) on Python >= 3.12.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            _common.emit(runner.run(_run_worker(spec)))
     _common.emit(asyncio.run(_run_worker(spec)))
 
 
@@ -148,9 +210,9 @@ def build_report(data: dict) -> tuple[str, list[str], list[str]]:
     cells = {(r["client"], r["concurrency"]): r for r in data["results"]}
     notes: list[str] = []
     rows = [
-        f"| c | client | req/s | vs {CLIENTS[REFERENCE]} | CPU ms / 1k req "
+        f"| c | client | req/s | vs {CLIENTS[REFERENCE]} | CPU ms / 1k req | peak RSS MiB "
         "| conns opened (warm-up + measured) | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
 
     def rate(name: str, c: int) -> float | None:
@@ -159,14 +221,14 @@ def build_report(data: dict) -> tuple[str, list[str], list[str]]:
     for c in cfg["concurrency"]:
         for name in cfg["clients"]:
             label = CLIENTS[name]
-            if name == "exclient":
+            if name.startswith("exclient"):
                 label = f"**{label}**"
             if name == REFERENCE:
                 label += " (reference)"
             cell = cells.get((name, c)) or {}
             r = cell.get("best") or {}
             if "req_per_s" not in r:
-                rows.append(f"| {c:,} | {label} | n/a | | | | {_common.why_not_run(cell, r)} |")
+                rows.append(f"| {c:,} | {label} | n/a | | | | | {_common.why_not_run(cell, r)} |")
                 continue
             mark = ""
             if r["stopped_early"]:
@@ -185,40 +247,55 @@ def build_report(data: dict) -> tuple[str, list[str], list[str]]:
             )
             rows.append(
                 f"| {c:,} | {label} | {fmt_int(r['req_per_s'])}{mark} | {ratio} | "
-                f"{fmt_int(r['cpu_ms_per_1k'])} | "
+                f"{fmt_int(r['cpu_ms_per_1k'])} | {_rss(r)} | "
                 f"{r['warmup']['conns_opened']:,} + {r['conns_opened']:,} | {err} |"
             )
 
     ratios: list[str] = []
     cs = cfg["concurrency"]
-    if "exclient" in cfg["clients"]:
-        for other in ("httpx", "aiohttp"):
-            if other in cfg["clients"]:
-                parts = ", ".join(
-                    f"c={c:,}: {fmt_ratio(rate('exclient', c), rate(other, c))}" for c in cs
-                )
-                ratios.append(f"- ExClient / {CLIENTS[other]} req/s — {parts}")
+    pairs = [
+        ("exclient", "httpx"),
+        ("exclient", "aiohttp"),
+        ("exclient-uvloop", "aiohttp-uvloop"),
+        ("exclient", "raw"),
+        ("exclient-uvloop", "raw-uvloop"),
+    ]
+    for ours, other in pairs:
+        if ours in cfg["clients"] and other in cfg["clients"]:
+            parts = ", ".join(f"c={c:,}: {fmt_ratio(rate(ours, c), rate(other, c))}" for c in cs)
+            ratios.append(f"- {CLIENTS[ours]} / {CLIENTS[other]} req/s — {parts}")
     if 100 in cs and 1000 in cs:
         for name in cfg["clients"]:
             hi, lo = rate(name, 1000), rate(name, 100)
             pct = f"{100 * hi / lo:.0f}%" if hi and lo else "n/a"
-            who = "**ExClient**" if name == "exclient" else CLIENTS[name]
+            who = f"**{CLIENTS[name]}**" if name.startswith("exclient") else CLIENTS[name]
             ratios.append(f"- {who} rate at c=1,000 as % of its own c=100 rate: {pct}")
     return "\n".join(rows), ratios, notes
+
+
+def _rss(r: dict) -> str:
+    rss = r.get("peak_rss_mib")  # absent in results from before it was measured
+    return "n/a" if rss is None else f"{rss:.0f}"
 
 
 def render_markdown(data: dict) -> str:
     cfg = data["config"]
     table, ratios, notes = build_report(data)
+    path, body = BODIES[cfg.get("body", "ok")]  # results from before --body: "ok"
     lines = [
         _common.facts_line(data, servers=f"nginx {data['server']['nginx']}"),
         "",
-        f"`GET /` → `200 ok`, {cfg['requests']:,} requests per run "
+        f"`GET {path}` → 200 with a {len(body):,}-byte body, "
+        f"{cfg['requests']:,} requests per run "
         f"after {cfg['warmup']:,} warm-up requests, "
         f"`max_connections={MAX_CONNECTIONS}`, best of {cfg['repeat']} by req/s "
         f"(runs longer than {cfg['max_seconds'] / 3:g} s ran once), "
         f"{cfg['max_seconds']:g} s budget per run. "
         "c = worker coroutines sharing one client. "
+        "uvloop rows run the same client on uvloop's event loop; the raw asyncio rows are a "
+        "hand-written keep-alive GET on asyncio streams (no pool logic, no response object): "
+        "the practical limit of a client on that loop. "
+        "Peak RSS = the run's interpreter (import, client, run). "
         "CPU = client process user+sys over the measured part. "
         "Connections = TCP connections nginx accepted from the client (stub_status).",
         "",
@@ -234,8 +311,10 @@ INTRO = """\
 ## Plain GET (`bench/plain.py`)
 
 ExClient against `httpx.AsyncClient` (the reference it replaces) and
-`aiohttp.ClientSession`, all sending `GET /` to a private nginx on 127.0.0.1
-(one worker, keep-alive never expires during a run, `return 200 "ok"`).
+`aiohttp.ClientSession`, on asyncio's default loop and on uvloop, beside a hand-written raw
+asyncio client (the practical limit), all sending `GET /4k` (a 4,096-byte body; `--body ok`
+for 2 bytes) to a private nginx on 127.0.0.1 (one worker, keep-alive never expires during a
+run).
 
 How to run this suite alone, from the repository root:
 
@@ -285,6 +364,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--concurrency", default="1,10,100,1000", help="comma-separated (default 1,10,100,1000)"
     )
+    p.add_argument(
+        "--body",
+        choices=list(BODIES),
+        default="4k",
+        help="what nginx answers: a 4,096-byte body (default, a small API response) or 'ok'",
+    )
     args = p.parse_args(argv)
     quick = {"requests": 300, "warmup": 200, "max_seconds": 10.0, "repeat": 1}
     SUITE.settle(p, args, quick, {"clients": CLIENTS})
@@ -319,7 +404,8 @@ def measure(args: argparse.Namespace) -> int:
         "repeat": args.repeat,
         "max_seconds": args.max_seconds,
         "max_connections": MAX_CONNECTIONS,
-        "event_loop": "asyncio",
+        "event_loop": "asyncio; *-uvloop clients: uvloop",
+        "body": args.body,
     }
     data = _common.new_results(
         "plain-get",
@@ -342,6 +428,7 @@ def measure(args: argparse.Namespace) -> int:
             "warmup_seconds": min(30.0, args.max_seconds),
             "max_seconds": args.max_seconds,
             "base_url": server.base_url,
+            "body": args.body,
             "server_pid": server.worker_pid,
         }
         timeout = spec["warmup_seconds"] + spec["max_seconds"] + 60

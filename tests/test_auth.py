@@ -186,9 +186,10 @@ async def test_auth_channel_binding_on_https(
 
 
 async def test_auth_server_closing_between_legs(iis: IISLikeServer) -> None:
-    """Either the close is seen before the last leg goes out (the pin cannot be honoured, and
-    the split is reported by name), or the leg meets the closed socket (a transport error).
-    Never a silent retry on another connection."""
+    """Either the close is seen before the last leg goes out (the pin cannot be honoured; the
+    handshake starts over once on the new connection, the server closes that one too, and the
+    split is reported by name), or the leg meets the closed socket (a transport error). Never
+    a login that seems to succeed."""
     async with ExClient() as client:
         for _ in range(5):
             try:

@@ -619,11 +619,12 @@ def test_cli_main_says_how_to_install_the_extra(
 
 
 def test_cli_main_reraises_other_import_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "httpx_extensions._cli._demo", None)
+    # _docs: a module _app imports at once (demo and probe are imported when they run).
+    monkeypatch.setitem(sys.modules, "httpx_extensions._cli._docs", None)
     monkeypatch.delitem(sys.modules, "httpx_extensions._cli._app")
     with pytest.raises(ImportError) as error:
         main(["--help"])
-    assert error.value.name == "httpx_extensions._cli._demo"
+    assert error.value.name == "httpx_extensions._cli._docs"
 
 
 def test_cli_dunder_main(

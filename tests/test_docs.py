@@ -531,3 +531,25 @@ def test_doc_harness_keeps_examples_on_this_machine() -> None:
         'p = "socks5://user:pw@proxy.example.com:1080"; m = {"all://": t}; u = f"https://{h}/"'
     ) == ["socks5://user:pw@proxy.example.com:1080", "https://{...}"]
     assert off_machine_urls('"http://127.0.0.1:8000/" "http://[::1]:80/" "http://localhost"') == []
+
+
+def test_doc_readme_examples_run_as_scripts(intranet: dict[str, str], sandbox: None) -> None:
+    """Each README example is a whole script: pasted into a file alone, it runs (no top-level
+    ``await``, its own imports), as a reader of the wheel's description would try it."""
+    blocks = [b for b in parse(ROOT / "README.md") if b.lang == "python"]
+    ran = 0
+    for block in blocks:
+        source = "\n" * (block.first_line - 1) + substitute(block.code, intranet)
+        try:
+            compiled = compile(source, block.doc, "exec")  # no PyCF_ALLOW_TOP_LEVEL_AWAIT
+        except SyntaxError as exc:
+            pytest.fail(f"{block.doc}:{block.line}: not a script: {exc}", pytrace=False)
+        if skip_reason(block) is not None:
+            continue
+        try:
+            exec(compiled, {"__name__": "__main__"})  # a namespace of its own
+        except Exception as exc:
+            failure = _example_traceback(block, exc)
+            pytest.fail(f"{block.doc}:{block.line}: the script failed\n{failure}", pytrace=False)
+        ran += 1
+    assert ran >= 1, "no README example ran"

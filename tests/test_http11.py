@@ -422,7 +422,8 @@ async def test_http11_content_length_body_split_in_segments(
 async def test_http11_bare_lf_line_endings(serve: Callable[..., ScriptedServer]) -> None:
     server = serve(
         b"HTTP/1.1 200 OK\nX-A: b\nContent-Length: 2\n\nhi",
-        split(b"HTTP/1.1 201 Created\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n", 40, 45),
+        # Bare LF in the head and trailer section only: chunk lines end in CRLF (RFC 9112 7.1).
+        split(b"HTTP/1.1 201 Created\nTransfer-Encoding: chunked\n\n3\r\nabc\r\n0\r\n\n", 40, 45),
         reply(b"third"),
     )
     async with client() as c:
@@ -628,12 +629,12 @@ async def test_http11_server_closing_idle_connection_is_replaced(
     [
         pytest.param(
             reply(b"hello", headers=[b"Content-Length: 6"]),
-            r"Invalid Content-Length b'6, 5'",
+            r"^Conflicting Content-Length values$",
             id="conflicting-content-length",
         ),
         pytest.param(
             reply(b"hello", headers=[b"Transfer-Encoding: gzip"], length=False),
-            r"Unsupported Transfer-Encoding b'gzip': only chunked is supported",
+            r"^Unsupported Transfer-Encoding: only chunked is supported$",
             id="transfer-encoding-gzip",
         ),
         pytest.param(
@@ -653,7 +654,7 @@ async def test_http11_server_closing_idle_connection_is_replaced(
         ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\nBad Header: x\r\nContent-Length: 0\r\n\r\n",
-            r"Invalid header line b'Bad Header: x'",
+            r"Invalid header line in the response head: a field name that is not a token",
             id="bad-header-name",
         ),
         pytest.param(
@@ -1322,9 +1323,9 @@ def _responses(draw: st.DrawFn) -> tuple[bytes, tuple[Any, ...]]:
             piece = body[start:end]
             if piece:
                 extension = draw(st.sampled_from([b"", b";a=b", b" ;x"]))
-                raw += b"%x" % len(piece) + extension + eol + piece + eol
+                raw += b"%x" % len(piece) + extension + b"\r\n" + piece + b"\r\n"
             start = end
-        raw += b"0" + eol
+        raw += b"0\r\n"
         if draw(st.booleans()):
             raw += b"X-Trailer: t" + eol
         raw += eol

@@ -25,7 +25,7 @@ import trustme
 from httpx_extensions import AuthenticationError, ExClient, NegotiateAuth
 
 from .conftest import assert_pool_clean
-from .servers import IISLikeServer, write_user_file
+from .servers import IISLikeServer, LoopbackServer, write_user_file
 from .servers.kdc import LoopbackKDC, kerberos_unavailable
 
 pytestmark = pytest.mark.anyio
@@ -269,3 +269,149 @@ async def test_kerberos_https_without_channel_binding_is_refused(
         assert rejected.channel_binding == "none"
         assert rejected.error == "Kerberos authenticator carries no channel binding"
         assert iis_https.handshakes_completed == 0
+
+
+# -- rejected logins, mutual_auth, preemptive (issue 13) -------------------------------------
+
+
+async def test_kerberos_rejected_by_the_server_with_a_spnego_reject_token_returns_the_401(
+    kdc: LoopbackKDC, user_file: Path, ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    # The Kerberos AP-REQ reaches the server, which refuses it (no channel binding) the way
+    # mod_auth_gssapi does: a final 401 with an SPNEGO reject token. Returned once.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    with IISLikeServer(
+        user_file=user_file, ssl_context=context, require_channel_binding=True, spnego_reject=True
+    ) as server:
+        async with ExClient(verify=client_ssl_context) as client:
+            response = await client.get(
+                localhost_url(server), auth=NegotiateAuth(channel_binding=False)
+            )
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == "Negotiate oQcwBaADCgEC"
+            assert [(r.scheme, r.status, r.ntlm_message) for r in server.log] == [
+                (None, 401, None),
+                ("Negotiate", 401, None),  # Kerberos, no NTLM
+            ]
+            assert server.log[-1].error == "Kerberos authenticator carries no channel binding"
+            assert_pool_clean(client)
+
+
+async def test_kerberos_wrong_password_ntlm_fallback_rejected_with_a_spnego_reject_token(
+    kdc: LoopbackKDC, user_file: Path, no_ccache: Path
+) -> None:
+    # The KDC refuses the password, SPNEGO falls back to NTLM, and the server's SPNEGO reject
+    # of the type 3 message ends it: the final 401, not an AuthenticationError.
+    with IISLikeServer(user_file=user_file, spnego_reject=True) as server:
+        async with ExClient() as client:
+            response = await client.get(localhost_url(server), auth=NegotiateAuth(ALICE, "wrong"))
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == "Negotiate oQcwBaADCgEC"
+            assert [(r.ntlm_message, r.status) for r in server.log] == [
+                (None, 401),
+                (1, 401),
+                (3, 401),
+            ]
+
+
+@pytest.mark.parametrize(
+    ("final_token", "mutual_auth", "error"),
+    [
+        ("send", "required", None),
+        ("omit", "required", "carried no final token to prove its identity"),
+        ("omit", "optional", None),
+        ("omit", "disabled", None),
+        ("corrupt", "required", "final token does not prove its identity"),
+        ("corrupt", "optional", "final token does not prove its identity"),
+        ("corrupt", "disabled", None),
+    ],
+)
+async def test_kerberos_mutual_auth(
+    kdc: LoopbackKDC, user_file: Path, final_token: str, mutual_auth: str, error: str | None
+) -> None:
+    with IISLikeServer(user_file=user_file, final_token=final_token) as server:
+        auth = NegotiateAuth(mutual_auth=mutual_auth)
+        async with ExClient() as client:
+            if error is None:
+                response = await client.get(localhost_url(server), auth=auth)
+                assert response.status_code == 200
+                assert response.json()["user"] == ALICE
+            else:
+                with pytest.raises(AuthenticationError, match=error) as info:
+                    await client.get(localhost_url(server), auth=auth)
+                message = str(info.value)
+                assert message.startswith("Negotiate mutual authentication with ")
+                assert "oQcw" not in message
+                assert "YII" not in message
+            assert_kerberos(server)
+            assert_pool_clean(client)
+
+
+@pytest.mark.parametrize("final_token", ["omit", "corrupt"])
+async def test_kerberos_mutual_auth_failure_closes_the_connection(
+    kdc: LoopbackKDC, user_file: Path, final_token: str
+) -> None:
+    # The server thinks the connection is authenticated. Kept, it would serve the next
+    # request of this identity without a handshake, so without any check of the server.
+    with IISLikeServer(user_file=user_file, final_token=final_token) as server:
+        auth = NegotiateAuth()
+        async with ExClient() as client:
+            for attempt in (1, 2):
+                with pytest.raises(AuthenticationError, match="mutual authentication"):
+                    await client.get(localhost_url(server, f"/{attempt}"), auth=auth)
+                assert server.connections_opened == attempt
+                assert server.handshakes_completed == attempt
+            assert_pool_clean(client)
+
+
+async def test_kerberos_mutual_auth_required_is_the_default(
+    kdc: LoopbackKDC, user_file: Path
+) -> None:
+    with IISLikeServer(user_file=user_file, final_token="omit") as server:
+        async with ExClient() as client:
+            with pytest.raises(AuthenticationError, match="mutual_auth='required'"):
+                await client.get(localhost_url(server), auth=NegotiateAuth())
+
+
+async def test_kerberos_preemptive_one_round_trip_on_a_new_connection(
+    iis: IISLikeServer,
+) -> None:
+    auth = NegotiateAuth(preemptive=True)
+    async with ExClient() as client:
+        first = await client.get(localhost_url(iis, "/one"), auth=auth)
+        assert first.status_code == 200
+        assert first.json()["handshake"] is True
+        # The AP-REQ went with the first request: no anonymous 401.
+        assert [(r.scheme, r.status) for r in iis.log] == [("Negotiate", 200)]
+        second = await client.get(localhost_url(iis, "/two"), auth=auth)
+        assert second.status_code == 200
+        assert second.json()["handshake"] is False
+        assert [(r.scheme, r.status) for r in iis.log][-1] == (None, 200)
+        assert iis.requests_total == 2
+        assert_kerberos(iis)
+        assert_pool_clean(client)
+
+
+async def test_kerberos_preemptive_https_binds_to_the_new_connection(
+    iis_https: IISLikeServer, client_ssl_context: ssl.SSLContext
+) -> None:
+    async with ExClient(verify=client_ssl_context) as client:
+        auth = NegotiateAuth(preemptive=True)
+        response = await client.get(localhost_url(iis_https), auth=auth)
+        assert response.status_code == 200
+        assert [(r.status, r.channel_binding) for r in iis_https.log] == [(200, "match")]
+        assert_kerberos(iis_https)
+
+
+async def test_kerberos_preemptive_to_a_page_without_login_is_not_a_mutual_auth_failure(
+    kdc: LoopbackKDC, server: LoopbackServer
+) -> None:
+    # The AP-REQ went out unasked; the server ignored it and answered 200 with no token, as
+    # it answers anonymous requests: nothing was authenticated, so nothing to prove.
+    async with ExClient() as client:
+        url = f"http://localhost:{server.port}/"
+        response = await client.get(url, auth=NegotiateAuth(preemptive=True))
+        assert response.status_code == 200
+        assert server.log[0].authorization is not None
+        assert server.log[0].authorization.startswith("Negotiate ")

@@ -14,7 +14,8 @@ import hashlib
 import json
 import socket
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,17 @@ def ntlm_handshake(
         assert context.step(token_of(final, scheme)) is None
         assert context.complete
     return final, body
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Wait for another thread to make ``condition`` true; fail (not hang) if it never does.
+
+    The bound only keeps a broken proxy from hanging the run; nothing is measured."""
+    for _ in range(2000):
+        if condition():
+            return
+        time.sleep(0.005)
+    raise AssertionError("condition never became true")
 
 
 def echoed_headers(body: bytes) -> dict[str, str]:
@@ -394,6 +406,17 @@ def test_proxy_new_handshake_on_an_authenticated_connection_starts_over(
     assert proxy.log[-1].user == "EXAMPLE\\bob"
 
 
+def test_proxy_refused_credentials_unauthenticate_the_connection(
+    proxy: AuthProxy, origin: LoopbackServer
+) -> None:
+    with Conn(proxy) as conn:
+        assert ntlm_handshake(conn, "GET", origin.url)[0].status_code == 200
+        assert conn.request("GET", origin.url, basic(ALICE[0], "nope"))[0].status_code == 407
+        # As IIS and Squid: the connection no longer passes as alice.
+        assert conn.request("GET", origin.url)[0].status_code == 407
+    assert proxy.connection_users() == {1: None}
+
+
 def test_proxy_rechallenge_every_request(user_file: Path, origin: LoopbackServer) -> None:
     with AuthProxy(user_file=user_file, rechallenge_every_request=True) as proxy:
         with Conn(proxy) as conn:
@@ -508,6 +531,7 @@ def test_proxy_basic_non_ascii_user_without_domain(
     [
         "Basic " + base64.b64encode(b"EXAMPLE\\alice:nope").decode(),
         "Basic " + base64.b64encode(b"EXAMPLE\\mallory:Passw0rd").decode(),
+        "Basic " + base64.b64encode(b"OTHER\\alice:Passw0rd").decode(),
         "Basic " + base64.b64encode(b"EXAMPLE\\alice").decode(),
         "Basic !!!",
         "Bearer abc",
@@ -586,7 +610,12 @@ def test_proxy_digest_good_wrong_and_replayed(user_file: Path, origin: LoopbackS
         assert conn.request("GET", url, wrong)[0].status_code == 407
         other_realm = digest_header(offer, "GET", url, *ALICE, nc=4, realm="x")
         assert conn.request("GET", url, other_realm)[0].status_code == 407
+        assert proxy.log[-1].error == "Digest realm does not match"
+        # A response computed for another URL does not authorize this one.
+        other_uri = digest_header(offer, "GET", origin.url + "/", *ALICE, nc=5)
+        assert conn.request("GET", url, other_uri)[0].status_code == 407
     assert origin.requests_total == 2
+    assert proxy.log[-1].error == "Digest uri is not the request target"
     assert [r.user for r in proxy.log if r.status == 200] == ["EXAMPLE\\alice"] * 2
 
 
@@ -838,3 +867,203 @@ async def test_proxy_stock_httpx_basic_forward(proxy: AuthProxy, origin: Loopbac
     assert [r.user for r in proxy.log] == ["EXAMPLE\\alice"] * 3 + [None]
     assert proxy.requests_forwarded == 3
     assert proxy.connections_opened == 2
+
+
+# -- Kerberos through the suite's KDC ------------------------------------------------------------
+
+KERBEROS_REALM = "HTTPX-EXT.TEST"
+KERBEROS_ALICE = f"alice@{KERBEROS_REALM}"
+
+
+@pytest.fixture
+def kdc() -> Iterator[Any]:
+    """A realm with alice's TGT in the default ccache, for this test only (the KDC owns the
+    process-wide KRB5_* variables while it runs)."""
+    try:
+        from tests.servers.kdc import LoopbackKDC, kerberos_unavailable
+    except ImportError:  # tests/ on sys.path
+        from servers.kdc import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+            LoopbackKDC,
+            kerberos_unavailable,
+        )
+    reason = kerberos_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with LoopbackKDC(realm=KERBEROS_REALM, users={"alice": "Al1ce-pw"}) as realm:
+        realm.kinit("alice")
+        yield realm
+
+
+def kerberos_initiator(bindings: GssChannelBindings | None = None) -> spnego.ContextProxy:
+    # The realm has HTTP/localhost only: the SPN names localhost although the proxy
+    # listens on 127.0.0.1, as NegotiateAuth(hostname="localhost") would.
+    return spnego.client(
+        hostname="localhost", service="HTTP", protocol="negotiate", channel_bindings=bindings
+    )
+
+
+def kerberos_leg(
+    conn: Conn, method: str, target: str, bindings: GssChannelBindings | None = None
+) -> h11.Response:
+    """Kerberos needs one leg after the offer: the AP-REQ, answered with the AP-REP."""
+    context = kerberos_initiator(bindings)
+    response, _ = conn.request(method, target, proxy_auth("Negotiate", context.step()))
+    if response.status_code == 200:
+        assert context.step(token_of(response, "Negotiate")) is None  # mutual auth
+        assert context.complete
+    return response
+
+
+def test_proxy_kerberos_single_sign_on_binds_the_connection(
+    kdc: Any, user_file: Path, origin: LoopbackServer
+) -> None:
+    with AuthProxy(user_file=user_file, schemes=("Negotiate",)) as proxy, Conn(proxy) as conn:
+        assert conn.request("GET", origin.url)[0].status_code == 407
+        assert kerberos_leg(conn, "GET", origin.url + "/").status_code == 200
+        assert conn.request("CONNECT", f"127.0.0.1:{origin.port}")[0].status_code == 200
+        assert conn.tunnel_get("/", f"127.0.0.1:{origin.port}")[1] == b"Hello, world!"
+    assert [(r.status, r.mechanism, r.user) for r in proxy.log] == [
+        (407, None, None),
+        (200, "kerberos", KERBEROS_ALICE),
+        (200, "kerberos", KERBEROS_ALICE),
+    ]
+    assert all(r.ntlm_message is None for r in proxy.log)
+    assert proxy.handshakes_started == proxy.handshakes_completed == 1
+
+
+def test_proxy_kerberos_https_channel_binding_required(
+    kdc: Any,
+    user_file: Path,
+    origin: LoopbackServer,
+    proxy_ssl: ssl.SSLContext,
+    client_ssl_context: ssl.SSLContext,
+) -> None:
+    with AuthProxy(
+        user_file=user_file,
+        schemes=("Negotiate",),
+        ssl_context=proxy_ssl,
+        require_channel_binding=True,
+    ) as proxy:
+        authority = f"127.0.0.1:{origin.port}"
+        with Conn(proxy, client_ssl_context) as conn:
+            assert kerberos_leg(conn, "CONNECT", authority).status_code == 407
+        assert proxy.log[-1].error == "Kerberos authenticator carries no channel binding"
+        with Conn(proxy, client_ssl_context) as conn:
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            bindings = channel_bindings_for(conn.sock.getpeercert(True))
+            assert kerberos_leg(conn, "CONNECT", authority, bindings).status_code == 200
+        assert proxy.log[-1].channel_binding == "match"
+        assert proxy.handshakes_completed == 1
+
+
+def test_proxy_user_file_environment_is_owned_only_with_an_acceptor(
+    user_file: Path, tmp_path: Path, origin: LoopbackServer
+) -> None:
+    other = write_user_file(tmp_path / "other.txt", [("OTHER", "carol", "pw")])
+    with IISLikeServer(user_file=other):
+        # NTLM_USER_FILE is process-wide: an NTLM proxy with another file cannot run now...
+        with pytest.raises(RuntimeError, match="NTLM_USER_FILE is process-wide"):
+            AuthProxy(user_file=user_file, schemes=("NTLM",)).start()
+        # ...but a Basic-only proxy reads its file itself and leaves the variable alone.
+        with AuthProxy(user_file=user_file, schemes=("Basic",)) as proxy, Conn(proxy) as conn:
+            assert conn.request("GET", origin.url, basic(*ALICE))[0].status_code == 200
+
+
+def test_proxy_tunnel_passes_bytes_sent_right_after_connect(
+    proxy: AuthProxy, origin: LoopbackServer
+) -> None:
+    """A client may send its first tunnelled bytes (a TLS ClientHello) together with the
+    CONNECT head; they must reach the origin, not be lost in the proxy's parser buffer."""
+    authority = f"127.0.0.1:{origin.port}"
+    (credentials,) = basic(*ALICE)
+    with Conn(proxy) as conn:
+        conn.sock.sendall(
+            f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+            f"{credentials[0]}: {credentials[1]}\r\n\r\n"
+            f"GET / HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := conn.sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 Connection established\r\n")
+    assert data.endswith(b"Hello, world!")
+    assert proxy.tunnels_opened == 1
+
+
+def test_proxy_mirrors_an_origin_close(proxy: AuthProxy, origin: LoopbackServer) -> None:
+    with Conn(proxy) as conn:
+        closing, body = conn.request("GET", origin.url + "/close", basic(*ALICE))
+        assert (closing.status_code, body) == (200, b"closing")
+        assert header(closing, "connection") == ["close"]
+        assert conn.peer_closed()
+
+
+def test_proxy_reconnects_to_an_origin_that_closed_while_idle(proxy: AuthProxy) -> None:
+    with LoopbackServer(idle_timeout=0.05) as origin, Conn(proxy) as conn:
+        assert conn.request("GET", origin.url + "/", basic(*ALICE))[0].status_code == 200
+        wait_until(lambda: origin.open_connections == 0)  # it dropped the idle upstream
+        again, body = conn.request("GET", origin.url + "/", basic(*ALICE))
+        assert (again.status_code, body) == (200, b"Hello, world!")
+        assert origin.connections_opened == 2
+    assert proxy.upstream_connections_opened == 2
+    assert proxy.connections_opened == 1
+
+
+def test_proxy_drops_the_upstream_when_the_client_leaves_mid_request(
+    proxy: AuthProxy, origin: LoopbackServer
+) -> None:
+    conn = Conn(proxy)
+    conn.send(
+        h11.Request(
+            method="GET",
+            target=origin.url + "/hang",
+            headers=[("Host", f"127.0.0.1:{origin.port}"), *basic(*ALICE)],
+        ),
+        h11.EndOfMessage(),
+    )
+    wait_until(lambda: origin.requests_total == 1)  # the request reached the origin
+    conn.close()
+    # The proxy sees the client go and closes its hop, so the origin's /hang ends.
+    wait_until(lambda: origin.open_connections == 0)
+    assert proxy.requests_forwarded == 1
+
+
+@pytest.mark.anyio
+async def test_proxy_stock_httpx_basic_connect_to_an_https_origin(
+    proxy: AuthProxy, https_server: LoopbackServer, client_ssl_context: ssl.SSLContext
+) -> None:
+    via = httpx.Proxy(proxy.url, auth=ALICE)
+    async with httpx.AsyncClient(proxy=via, verify=client_ssl_context) as client:
+        for _ in range(2):
+            response = await client.get(https_server.url + "/echo")
+            assert response.status_code == 200
+            assert not any(name.startswith("proxy-") for name in echoed_headers(response.content))
+    assert proxy.tunnels_opened == 1  # httpx keeps the tunnel for the second request
+    assert [(r.kind, r.status, r.user) for r in proxy.log] == [("connect", 200, "EXAMPLE\\alice")]
+
+
+def test_proxy_ipv6_loopback(user_file: Path) -> None:
+    try:
+        origin = LoopbackServer(host="::1").start()
+    except RuntimeError:
+        pytest.skip("no IPv6 loopback on this machine")
+    try:
+        with AuthProxy(user_file=user_file, host="::1") as proxy, Conn(proxy) as conn:
+            assert proxy.url.startswith("http://[::1]:")
+            forwarded, _ = conn.request("GET", f"http://[::1]:{origin.port}/", basic(*ALICE))
+            assert forwarded.status_code == 200
+            tunnel, _ = conn.request("CONNECT", f"[::1]:{origin.port}", basic(*ALICE))
+            assert tunnel.status_code == 200
+            assert conn.tunnel_get("/", f"[::1]:{origin.port}")[1] == b"Hello, world!"
+    finally:
+        origin.stop()
+
+
+def test_proxy_head_407_has_no_body(proxy: AuthProxy, origin: LoopbackServer) -> None:
+    with Conn(proxy) as conn:
+        response, body = conn.request("HEAD", origin.url + "/")
+        assert response.status_code == 407
+        assert body == b""
+        assert int(header(response, "content-length")[0]) > 0
+        # Framing stayed in step: the next exchange on the connection parses cleanly.
+        assert conn.request("GET", origin.url + "/", basic(*ALICE))[1] == b"Hello, world!"

@@ -1,15 +1,23 @@
 """httpx-extensions: an ``httpx.AsyncClient`` whose pool lets you choose the connection.
 
 See ``ExClient`` for the client, ``ExTransport`` for the transport, and ``docs/pool.md`` for
-how the pool works.
+how the pool works (the pages are installed with the package: ``httpx-extensions docs``).
+
+``NTLMAuth`` and ``NegotiateAuth`` are imported on first use, and pyspnego (with its crypto
+stack) with them, so programs that never authenticate never load them (``bench/startup.py``
+measures what the import costs).
 """
 
 from __future__ import annotations
 
+import importlib
+import typing
+
+from . import _redact  # noqa: F401  (installs the httpcore log filters; see its docstring)
 from .__version__ import __version__
-from ._auth import AuthenticationError, NegotiateAuth, NTLMAuth
 from ._client import ExClient
 from ._exceptions import (
+    AuthenticationError,
     ConnectionStateError,
     HTTPXExtensionsError,
     PoolClosed,
@@ -22,6 +30,9 @@ from ._pool import ConnectionInfo, ConnectionState
 from ._proxy_auth import Proxy
 from ._transport import AsyncHTTPTransportMixin, ExTransport
 
+if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports them
+    from ._auth import MutualAuth, NegotiateAuth, NTLMAuth
+
 __all__ = [
     "AsyncHTTPTransportMixin",
     "AuthenticationError",
@@ -32,6 +43,7 @@ __all__ = [
     "ExClient",
     "ExTransport",
     "HTTPXExtensionsError",
+    "MutualAuth",
     "NTLMAuth",
     "NegotiateAuth",
     "PARTITION",
@@ -42,3 +54,19 @@ __all__ = [
     "UnsupportedConfiguration",
     "__version__",
 ]
+
+# Public name -> private module that defines it, imported on first access.
+_LAZY = {"MutualAuth": "._auth", "NTLMAuth": "._auth", "NegotiateAuth": "._auth"}
+
+
+def __getattr__(name: str) -> typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

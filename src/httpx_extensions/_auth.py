@@ -21,12 +21,16 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import contextlib
 import dataclasses
+import enum
 import hashlib
+import importlib
 import logging
 import re
+import sys
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -35,40 +39,20 @@ import spnego
 import spnego.channel_bindings
 import spnego.exceptions
 
-from ._exceptions import HTTPXExtensionsError
-from ._extensions import CONN_ID, PARTITION
+from ._exceptions import AuthenticationError
+from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
 
-__all__ = ["AuthenticationError", "NTLMAuth", "NegotiateAuth"]
+__all__ = ["AuthenticationError", "MutualAuth", "NTLMAuth", "NegotiateAuth"]
 
 logger = logging.getLogger("httpx_extensions.auth")
 
 # pyspnego logs whole tokens at DEBUG. Unless the application chose a level for its logger,
 # keep it at INFO so that turning on DEBUG logging to look at this library leaks no token.
+# Set where pyspnego is imported, before it can log a handshake: the package imports this
+# module on first use of an auth name (httpx_extensions.__getattr__), not at its own import.
 _spnego_logger = logging.getLogger("spnego")
 if _spnego_logger.level == logging.NOTSET:
     _spnego_logger.setLevel(logging.INFO)
-
-_AUTH_HEADER = re.compile(
-    r"\((b?)(['\"])(authorization|www-authenticate|proxy-authorization|proxy-authenticate)\2,"
-    r" b?(['\"]).*?\4\)",
-    re.IGNORECASE,
-)
-
-
-class _RedactAuthHeaders(logging.Filter):
-    """httpcore's DEBUG trace prints every header; blank the values of the auth ones."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.msg
-        if isinstance(message, str) and ("uthenticat" in message or "uthoriz" in message):
-            record.msg = _AUTH_HEADER.sub(r"(\1\2\3\2, b'<redacted>')", message)
-        return True
-
-
-for _name in ("httpcore.http11", "httpcore.proxy"):
-    _trace_logger = logging.getLogger(_name)
-    if not any(isinstance(f, _RedactAuthHeaders) for f in _trace_logger.filters):
-        _trace_logger.addFilter(_RedactAuthHeaders())
 
 # Private diagnostic hook (used by ``httpx-extensions probe``): a request whose extensions
 # hold a list under this key gets one dict appended per step of its handshake: the scheme
@@ -82,23 +66,104 @@ _REMEMBERED_CONNECTIONS = 4096
 # How many NTLM template contexts (one per SPN host and channel binding) an auth keeps.
 _NTLM_TEMPLATES = 64
 
+_KERBEROS_EXTRA = 'pip install "httpx-extensions[kerberos]"'
 
-class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
-    """A handshake could not be carried out: a malformed or truncated challenge, a server that
-    dropped the connection between legs, or an error from the security provider (pyspnego,
-    chained as ``__cause__``). The message names the scheme and what went wrong.
 
-    A login the *server* rejects (wrong NTLM password) is not an error: the final 401 is
-    returned, once. With Kerberos only (``NegotiateAuth(..., allow_ntlm=False)``) and an
-    explicit password, the KDC refuses a wrong password before anything is sent, and that is
-    an AuthenticationError; with NTLM allowed, SPNEGO falls back to NTLM and the server's
-    final 401 is returned.
+class _RedactSpnegoTokens(logging.Filter):
+    """pyspnego logs every token it steps, base64-encoded, at DEBUG (``NTLM step input:
+    TlRMTVNT...``). Whoever turns its loggers to DEBUG, a run of base64 long enough to be a
+    token (16+ characters with a digit, ``+`` or ``/`` in it) is replaced by its length."""
+
+    _TOKEN = re.compile(r"(?=[A-Za-z]*[0-9+/])[A-Za-z0-9+/]{16,}={0,2}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted shows no token either
+            return True
+        redacted = self._TOKEN.sub(lambda m: f"<{len(m.group())} characters redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+# A filter on a logger does not see records propagated from its children, so every logger of
+# pyspnego gets one: the modules that log tokens by name (they may not exist yet), and any
+# other already created.
+_REDACT_SPNEGO = _RedactSpnegoTokens()
+for _name in {
+    "spnego",
+    "spnego._credssp",
+    "spnego._gss",
+    "spnego._negotiate",
+    "spnego._ntlm",
+    "spnego._sspi",
+    *(name for name in logging.root.manager.loggerDict if name.startswith("spnego.")),
+}:
+    _spnego_child = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactSpnegoTokens) for f in _spnego_child.filters):
+        _spnego_child.addFilter(_REDACT_SPNEGO)
+
+
+class MutualAuth(str, enum.Enum):
+    """What a handshake demands of the server's last token, as requests-kerberos' options.
+
+    Only Kerberos proves the server's identity (the AP-REP in the final token); NTLM has no
+    server token, so these apply to handshakes that end in Kerberos. Pass the enum or its
+    string value.
     """
 
-    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
-        super().__init__(message)
-        if request is not None:
-            self.request = request
+    #: A 2xx/3xx that completes a Kerberos handshake must carry a valid final token.
+    REQUIRED = "required"
+    #: A final token is checked when the server sends one; a missing one is accepted.
+    OPTIONAL = "optional"
+    #: The server's final token is ignored.
+    DISABLED = "disabled"
+
+
+def _mutual_auth(value: object) -> MutualAuth:
+    try:
+        return MutualAuth(value.lower() if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError(
+            f"mutual_auth must be 'required', 'optional' or 'disabled' (or a MutualAuth), "
+            f"not {value!r}"
+        ) from None
+
+
+def _spnego_neg_state(token: bytes) -> int | None:
+    """The negState of an SPNEGO NegTokenResp (RFC 4178 4.2.2), None for any other token.
+
+    ``NegTokenResp ::= [1] SEQUENCE { negState [0] ENUMERATED OPTIONAL, ... }``: DER
+    ``A1 len 30 len A0 03 0A 01 state``. A reject is ``A1 07 30 05 A0 03 0A 01 02``.
+    """
+    position = 0
+    for tag in (0xA1, 0x30, 0xA0):
+        if position >= len(token) or token[position] != tag:
+            return None
+        position += 1
+        if position >= len(token):
+            return None
+        length = token[position]
+        # Short form, or long form with 1-4 length octets (skipped: only their count matters).
+        position += 1 + (length - 0x80 if 0x80 < length <= 0x84 else 0)
+    if token[position : position + 2] != b"\x0a\x01" or position + 2 >= len(token):
+        return None
+    return token[position + 2]
+
+
+_REJECT = 2  # negState reject
+
+
+def _gssapi_missing(protocol: str) -> bool:
+    """Kerberos was wanted but python-gssapi cannot be imported (not installed, or broken)."""
+    if protocol not in ("kerberos", "negotiate") or sys.platform == "win32":  # SSPI there
+        return False
+    try:
+        importlib.import_module("gssapi")
+    except ImportError:
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -140,10 +205,39 @@ def _offered(response: httpx.Response) -> dict[str, bytes | None]:
     return offered
 
 
+def _rejection(context: spnego.ContextProxy, in_token: bytes | None) -> str | None:
+    """Why a 401 to a handshake leg is the server's final no (None: it is the next leg)."""
+    if in_token is None:
+        return "401 without a token for the scheme"
+    if _spnego_neg_state(in_token) == _REJECT:
+        # Apache mod_auth_gssapi (MIT krb5's SPNEGO acceptor) ends a failed login so.
+        return "SPNEGO reject token (negState=reject)"
+    if context.complete:
+        return "401 after the client finished its handshake"
+    return None
+
+
+async def _abandon(response: httpx.Response) -> None:
+    """Close the connection of a server that failed mutual authentication.
+
+    The server considers the connection authenticated: left in the pool, it would serve this
+    identity's next requests with no handshake, so with no check of the server at all. A
+    closed stream makes the pool drop the connection at its next pick.
+    """
+    stream = response.extensions.get("network_stream")
+    if stream is not None:
+        with contextlib.suppress(Exception):  # already broken: nothing left to close
+            await stream.aclose()
+
+
 def _channel_bindings(response: httpx.Response) -> object | None:
     """RFC 5929 tls-server-end-point bindings from the certificate of this connection."""
-    stream = response.extensions.get("network_stream")
-    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    return _stream_bindings(response.extensions.get("network_stream"))
+
+
+def _stream_bindings(stream: object | None) -> object | None:
+    get_extra_info = getattr(stream, "get_extra_info", None)
+    ssl_object = get_extra_info("ssl_object") if get_extra_info is not None else None
     if ssl_object is None:
         return None
     certificate = ssl_object.getpeercert(True)  # positional: C-level _SSLSocket takes no kwargs
@@ -178,7 +272,13 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         hostname: str | None,
         channel_binding: bool,
         delegate: bool,
+        mutual_auth: MutualAuth | str = MutualAuth.REQUIRED,
+        preemptive: bool = False,
     ) -> None:
+        if not isinstance(preemptive, bool):
+            raise TypeError(f"preemptive must be True or False, not {preemptive!r}")
+        self._mutual_auth = _mutual_auth(mutual_auth)
+        self._preemptive = preemptive
         if (username is None) != (password is None) and password is not None:
             raise ValueError("a password was given without a username")
         if username is not None and not username.strip():
@@ -229,6 +329,9 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         origin = _origin(request.url) if self._rechallenging else ""
         bindings: object | None = None
         conn_id: int | None = None
+        # The answer to a leg that went out before the loop (a preemptive first token).
+        response: httpx.Response | None = None
+        preempted: list[tuple[str, spnego.ContextProxy, bytes | None]] = []
         if origin in self._rechallenging and not (
             self._channel_binding and request.url.scheme == "https"
         ):
@@ -238,62 +341,89 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
             if trace is not None:
                 trace.append({"event": "choice", "scheme": scheme, "preemptive": True})
         else:
+            if self._preemptive:
+                # The transport calls this only if the request opens a new connection.
+                request.extensions[PREEMPTIVE] = self._preempter(request, preempted, trace)
             response = yield request
-            if trace is not None:
-                trace.append(_exchange_record(response, None, b"", None))
-            if response.status_code != 401:
-                if response.status_code < 400:
-                    self._remember(response)
-                return
-            origin = origin or _origin(request.url)
-            conn_id = response.extensions.get(CONN_ID)
-            if conn_id is not None and conn_id in self._authenticated:
-                self._rechallenging.add(origin)
-                logger.debug("%s challenged an authenticated connection: going preemptive", origin)
-            choice = self._choose(_offered(response))
-            if choice is None:
+            if self._preemptive:
+                request.extensions.pop(PREEMPTIVE, None)
+            if preempted:
+                scheme, context, token = preempted[0]
+                origin = origin or _origin(request.url)
+            else:
                 if trace is not None:
-                    trace.append({"event": "no_scheme"})
-                return  # none of our schemes offered: the 401 is the answer
-            scheme, protocol = choice
-            _carry_cookies(request, response)
+                    trace.append(_exchange_record(response, None, b"", None))
+                if response.status_code != 401:
+                    if response.status_code < 400:
+                        self._remember(response)
+                    return
+                origin = origin or _origin(request.url)
+                conn_id = response.extensions.get(CONN_ID)
+                if conn_id is not None and conn_id in self._authenticated:
+                    self._rechallenging.add(origin)
+                    logger.debug(
+                        "%s challenged an authenticated connection: going preemptive", origin
+                    )
+                choice = self._challenged(request, response, trace)
+                if choice is None:
+                    return  # none of our schemes offered: the 401 is the answer
+                scheme, protocol, bindings = choice
+                response = None
+        if not preempted:
             if trace is not None:
-                trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
-            if self._channel_binding:
-                bindings = _channel_bindings(response)
-        if trace is not None:
-            trace.append(
-                {
-                    "event": "context",
-                    "protocol": protocol,
-                    "spn": f"{self._service}/{self._hostname or request.url.host}",
-                    "channel_binding": bindings is not None,
-                }
-            )
-        context = await self._new_context(protocol, request, bindings)
-        token = await self._step(context, None, scheme, request)
-        first = True
-        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3
-            leg = self._leg(
-                request, scheme, token, conn_id, intermediate=first and _is_ntlm(context)
-            )
-            first = False
-            response = yield leg
-            if conn_id is not None and response.extensions.get(CONN_ID, conn_id) != conn_id:
-                raise AuthenticationError(
-                    f"{scheme} handshake with {origin} was split: the server closed connection "
-                    f"{conn_id} between legs, and a handshake cannot move to another connection",
-                    request=request,
+                trace.append(self._context_record(protocol, request, bindings))
+            context = await self._new_context(protocol, request, bindings)
+            token = await self._step(context, None, scheme, request)
+        first, restarted = not preempted, False
+        for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3 (+1 restart)
+            if response is None:
+                leg = self._leg(
+                    request, scheme, token, conn_id, intermediate=first and _is_ntlm(context)
                 )
+                first = False
+                response = yield leg
+                if conn_id is not None and response.extensions.get(CONN_ID, conn_id) != conn_id:
+                    # The leg went out on another connection: the one holding the handshake
+                    # was closed, before the leg (a pin that could not be honoured) or as it
+                    # went out (the transport resends a request lost on a reused
+                    # connection). The new connection answers with a fresh challenge: start
+                    # over there, once.
+                    if restarted or response.status_code != 401:
+                        raise AuthenticationError(
+                            f"{scheme} handshake with {origin} was split: the server closed "
+                            f"connection {conn_id} between legs, and a handshake cannot move "
+                            "to another connection",
+                            request=request,
+                        )
+                    restarted = first = True
+                    logger.debug(
+                        "%s handshake with %s lost conn_id %s: starting over on conn_id %s",
+                        scheme,
+                        origin,
+                        conn_id,
+                        response.extensions.get(CONN_ID),
+                    )
+                    conn_id = response.extensions.get(CONN_ID)
+                    choice = self._challenged(request, response, trace)
+                    if choice is None:
+                        return
+                    scheme, protocol, bindings = choice
+                    if trace is not None:
+                        trace.append(self._context_record(protocol, request, bindings))
+                    context = await self._new_context(protocol, request, bindings)
+                    token = await self._step(context, None, scheme, request)
+                    response = None
+                    continue
             conn_id = response.extensions.get(CONN_ID)
             offered = _offered(response)
             in_token = offered.get(scheme.lower())
             if trace is not None:
                 trace.append(_exchange_record(response, scheme, token, in_token))
             if response.status_code != 401:
-                if in_token and not context.complete:
-                    # Mutual authentication: the server's last token proves who it is.
-                    await self._step(context, in_token, scheme, request)
+                if not (preempted and in_token is None):
+                    await self._finish(context, in_token, scheme, request, response, origin)
+                # else: a server that answers a preemptive token with no token of its own did
+                # not authenticate (it needs no login there), as for an anonymous request.
                 if trace is not None:
                     trace.append(
                         {
@@ -305,15 +435,146 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 if response.status_code < 400:
                     self._remember(response)
                 return
-            if in_token is None or context.complete:
-                logger.debug("%s credentials rejected by %s", scheme, origin)
+            fresh = (
+                self._challenged(request, response, trace)
+                if preempted and in_token is None and self._choose(offered) is not None
+                else None
+            )
+            if fresh is not None:
+                # The server refused the preemptive token and offers schemes afresh (IIS in
+                # kernel mode answers one on a new connection with 401.1; or the scheme we
+                # opened with is not offered): the ordinary handshake on this connection, once.
+                logger.debug("%s preemptive token refused by %s: starting over", scheme, origin)
+                preempted.clear()
+                scheme, protocol, bindings = fresh
                 if trace is not None:
-                    trace.append({"event": "rejected", "mechanism": _mechanism(context)})
+                    trace.append(self._context_record(protocol, request, bindings))
+                context = await self._new_context(protocol, request, bindings)
+                token = await self._step(context, None, scheme, request)
+                first, response = True, None
+                continue
+            preempted.clear()
+            rejected = _rejection(context, in_token)
+            if rejected is not None:
+                mechanism = _mechanism(context)
+                logger.debug(
+                    "%s credentials rejected by %s (mechanism %s): %s",
+                    scheme,
+                    origin,
+                    mechanism,
+                    rejected,
+                )
+                if trace is not None:
+                    trace.append({"event": "rejected", "mechanism": mechanism, "reason": rejected})
                 return  # a rejected login: the final 401 is returned, once
             _carry_cookies(request, response)
             token = await self._step(context, in_token, scheme, request)
+            response = None
         raise AuthenticationError(
             f"{scheme} handshake with {origin} did not finish after 8 legs", request=request
+        )
+
+    def _challenged(
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        trace: list[dict[str, object]] | None,
+    ) -> tuple[str, str, object | None] | None:
+        """(scheme, protocol, channel bindings) to answer a 401 with, or None for none."""
+        choice = self._choose(_offered(response))
+        if choice is None:
+            if trace is not None:
+                trace.append({"event": "no_scheme"})
+            return None
+        scheme, protocol = choice
+        _carry_cookies(request, response)
+        if trace is not None:
+            trace.append({"event": "choice", "scheme": scheme, "preemptive": False})
+        bindings = _channel_bindings(response) if self._channel_binding else None
+        return scheme, protocol, bindings
+
+    def _context_record(
+        self, protocol: str, request: httpx.Request, bindings: object | None
+    ) -> dict[str, object]:
+        return {
+            "event": "context",
+            "protocol": protocol,
+            "spn": f"{self._service}/{self._hostname or request.url.host}",
+            "channel_binding": bindings is not None,
+        }
+
+    def _preempter(
+        self,
+        request: httpx.Request,
+        preempted: list[tuple[str, spnego.ContextProxy, bytes | None]],
+        trace: list[dict[str, object]] | None,
+    ) -> Callable[[httpx.Request, object], Awaitable[list[tuple[bytes, bytes]]]]:
+        """The ``PREEMPTIVE`` hook: the first token, made once the new connection is open.
+
+        The transport awaits it after the TCP and TLS handshakes, so on HTTPS the channel
+        binding comes from the certificate of the very connection the token goes out on.
+        What it made goes into ``preempted`` for the flow to carry on with.
+        """
+
+        async def preempt(sending: httpx.Request, stream: object) -> list[tuple[bytes, bytes]]:
+            if sending is not request or preempted:
+                # A redirect httpx built from this request (another URL, maybe another
+                # host): the token is for this one only. Nor twice for one request.
+                return []
+            scheme, protocol = self._preemptive_choice()
+            bindings = _stream_bindings(stream) if self._channel_binding else None
+            if trace is not None:
+                trace.append({"event": "choice", "scheme": scheme, "preemptive": True})
+                trace.append(self._context_record(protocol, request, bindings))
+            context = await self._new_context(protocol, request, bindings)
+            token = await self._step(context, None, scheme, request)
+            preempted.append((scheme, context, token))
+            value = f"{scheme} {base64.b64encode(token or b'').decode()}"
+            request.headers["Authorization"] = value  # what response.request shows
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s preemptive: %d-byte token on a new connection", scheme, len(token or b"")
+                )
+            return [(b"Authorization", value.encode("ascii"))]
+
+        return preempt
+
+    async def _finish(
+        self,
+        context: spnego.ContextProxy,
+        in_token: bytes | None,
+        scheme: str,
+        request: httpx.Request,
+        response: httpx.Response,
+        origin: str,
+    ) -> None:
+        """Mutual authentication on the response that ended the handshake (not a 401)."""
+        if self._mutual_auth is MutualAuth.DISABLED:
+            return
+        if in_token and not context.complete:
+            try:
+                await self._step(context, in_token, scheme, request)
+            except AuthenticationError as exc:
+                await _abandon(response)
+                raise AuthenticationError(
+                    f"{scheme} mutual authentication with {origin} failed: the server's "
+                    f"final token does not prove its identity ({exc})",
+                    request=request,
+                ) from exc.__cause__
+        if context.complete or _is_ntlm(context):
+            return  # proven, or NTLM, which has no server token (see MutualAuth)
+        if in_token:
+            problem = "carried a final token that did not complete the handshake"
+        elif self._mutual_auth is MutualAuth.REQUIRED and response.status_code < 400:
+            problem = "carried no final token to prove its identity"
+        else:
+            return  # optional: no token, no proof asked for; or an error status
+        await _abandon(response)
+        raise AuthenticationError(
+            f"{scheme} mutual authentication with {origin} failed: the server's "
+            f"{response.status_code} {problem} (mutual_auth={self._mutual_auth.value!r}; "
+            "'optional' accepts a missing token, 'disabled' skips the check)",
+            request=request,
         )
 
     def _leg(
@@ -389,6 +650,12 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 return template.new_context()
             return await anyio.to_thread.run_sync(create)  # may read a ccache or call SSPI
         except Exception as exc:
+            if _gssapi_missing(protocol):
+                raise AuthenticationError(
+                    f"could not set up {protocol} for {request.url.host}: Kerberos needs the "
+                    f"gssapi package, which is not installed; install it with {_KERBEROS_EXTRA}",
+                    request=request,
+                ) from exc
             # SpnegoError, and also krb5.Krb5Error, which pyspnego lets through when it gets a
             # TGT for an explicit password (wrong password, unknown user, KDC unreachable).
             reason = exc.message if isinstance(exc, spnego.exceptions.SpnegoError) else exc
@@ -408,6 +675,15 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
                 return context.step(in_token)
             return await anyio.to_thread.run_sync(context.step, in_token)
         except spnego.exceptions.SpnegoError as exc:
+            if in_token is None and _gssapi_missing(getattr(context, "protocol", "")):
+                # Without gssapi, pyspnego's Negotiate has only NTLM, and with no NTLM
+                # credentials it blames the "credential cache": say what is really missing.
+                raise AuthenticationError(
+                    f"{scheme} for {request.url.host} needs Kerberos, but the gssapi package "
+                    f"is not installed: install it with {_KERBEROS_EXTRA} (the NTLM fallback "
+                    "needs an explicit username and password)",
+                    request=request,
+                ) from exc
             raise AuthenticationError(
                 f"{scheme} handshake with {request.url.host} failed: {exc.message}",
                 request=request,
@@ -502,15 +778,40 @@ class NTLMAuth(_SpnegoAuth):
         password: The password.
         channel_binding: On HTTPS, bind the handshake to the server's certificate
             (tls-server-end-point, RFC 5929), as IIS Extended Protection requires.
+        mutual_auth: ``"disabled"`` (default) or ``"optional"``, which are the same for
+            NTLM: it has no server token, so the server's identity cannot be proven, and
+            ``"required"`` is refused. Use ``NegotiateAuth(..., allow_ntlm=False)`` for
+            Kerberos mutual authentication.
+        preemptive: Send the NTLM NEGOTIATE message with the first request on each *new*
+            connection, instead of waiting for the server's 401 (saves one round trip per
+            connection; connections already authenticated are reused without a token).
 
     The handshake runs on one connection (the ExClient pool guarantees it); afterwards the
     connection stays authenticated, and later requests on it need one round trip. Servers that
     re-challenge every request are detected and then served with an immediate handshake.
+
+    Raises:
+        TypeError: ``username`` or ``password`` is not a string, or ``preemptive`` not a bool.
+        ValueError: ``mutual_auth`` is ``"required"`` or not one of the choices.
     """
 
-    def __init__(self, username: str, password: str, *, channel_binding: bool = True) -> None:
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        *,
+        channel_binding: bool = True,
+        mutual_auth: MutualAuth | str = MutualAuth.DISABLED,
+        preemptive: bool = False,
+    ) -> None:
         if not isinstance(username, str) or not isinstance(password, str):
             raise TypeError("NTLMAuth(username, password) takes two strings")
+        if _mutual_auth(mutual_auth) is MutualAuth.REQUIRED:
+            raise ValueError(
+                "NTLMAuth(mutual_auth='required') can never be met: NTLM does not authenticate "
+                "the server. Use NegotiateAuth(..., allow_ntlm=False) for Kerberos mutual "
+                "authentication, or leave mutual_auth at 'disabled'"
+            )
         super().__init__(
             username,
             password,
@@ -518,6 +819,8 @@ class NTLMAuth(_SpnegoAuth):
             hostname=None,
             channel_binding=channel_binding,
             delegate=False,
+            mutual_auth=mutual_auth,
+            preemptive=preemptive,
         )
 
     def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:
@@ -544,6 +847,24 @@ class NegotiateAuth(_SpnegoAuth):
         allow_ntlm: ``False`` to refuse NTLM: only Kerberos is tried.
         delegate: Ask for a delegable (forwardable) ticket.
         channel_binding: On HTTPS, bind to the server certificate (RFC 5929).
+        mutual_auth: How the server's final Kerberos token (its AP-REP, proof of its
+            identity) is checked, as requests-kerberos: ``"required"`` (default: a 2xx or
+            3xx that ends a Kerberos handshake without a valid final token raises
+            AuthenticationError), ``"optional"`` (checked when present), ``"disabled"``
+            (ignored). A :class:`MutualAuth` or its string. It applies to Kerberos only: an
+            NTLM fallback has no server token; ``allow_ntlm=False`` makes it strict.
+        preemptive: Send the first token (the Kerberos AP-REQ, or the NTLM NEGOTIATE
+            message) with the first request on each *new* connection, instead of waiting
+            for the server's 401: one round trip less per connection. Connections already
+            authenticated for this identity are reused without a token. Needs ExClient's
+            pool (other transports never see a new connection: the option does nothing
+            there). IIS in kernel mode answers such a request with 401.1; the ordinary
+            handshake then runs on that connection, costing a round trip more than without.
+
+    Raises:
+        ValueError: ``mutual_auth`` is not one of its choices, a password is given without
+            a username, or the username is empty.
+        TypeError: ``preemptive`` is not a bool.
     """
 
     def __init__(
@@ -556,6 +877,8 @@ class NegotiateAuth(_SpnegoAuth):
         allow_ntlm: bool = True,
         delegate: bool = False,
         channel_binding: bool = True,
+        mutual_auth: MutualAuth | str = MutualAuth.REQUIRED,
+        preemptive: bool = False,
     ) -> None:
         super().__init__(
             username,
@@ -564,6 +887,8 @@ class NegotiateAuth(_SpnegoAuth):
             hostname=hostname,
             channel_binding=channel_binding,
             delegate=delegate,
+            mutual_auth=mutual_auth,
+            preemptive=preemptive,
         )
         self._allow_ntlm = allow_ntlm
         self._partition = dataclasses.replace(

@@ -4,6 +4,7 @@ Every error the library raises itself derives from :class:`HTTPXExtensionsError`
 the nearest httpx (or built-in) error, so code written for stock httpx keeps catching it::
 
     HTTPXExtensionsError
+    ├── AuthenticationError        (also httpx.HTTPError)
     ├── PoolTimeout                (also httpx.PoolTimeout)
     ├── ProxyAuthenticationError   (also httpx.ProxyError: a final 407 from a proxy)
     ├── PoolClosed                 (also RuntimeError)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import httpx
 
 __all__ = [
+    "AuthenticationError",
     "ConnectionStateError",
     "HTTPXExtensionsError",
     "PoolClosed",
@@ -30,6 +32,25 @@ __all__ = [
 
 class HTTPXExtensionsError(Exception):
     """Base class of every exception raised by httpx-extensions itself."""
+
+
+# Here rather than beside the auth classes: catching it must not import pyspnego.
+class AuthenticationError(HTTPXExtensionsError, httpx.HTTPError):
+    """A handshake could not be carried out: a malformed or truncated challenge, a server that
+    dropped the connection between legs, or an error from the security provider (pyspnego,
+    chained as ``__cause__``). The message names the scheme and what went wrong.
+
+    A login the *server* rejects (wrong NTLM password) is not an error: the final 401 is
+    returned, once. With Kerberos only (``NegotiateAuth(..., allow_ntlm=False)``) and an
+    explicit password, the KDC refuses a wrong password before anything is sent, and that is
+    an AuthenticationError; with NTLM allowed, SPNEGO falls back to NTLM and the server's
+    final 401 is returned.
+    """
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        super().__init__(message)
+        if request is not None:
+            self.request = request
 
 
 class PoolTimeout(HTTPXExtensionsError, httpx.PoolTimeout):

@@ -1,4 +1,4 @@
-"""One HTTP/1.1 client connection: writes a request, parses the response, keeps it alive.
+r"""One HTTP/1.1 client connection: writes a request, parses the response, keeps it alive.
 
 httpcore's ``AsyncHTTP11Connection`` drives h11's general-purpose state machine and takes an
 anyio lock twice per request; profiled under the pool at concurrency 50 that was about half of
@@ -6,7 +6,7 @@ the client's CPU per request. The pool already guarantees that one request at a 
 connection, so this connection needs neither the lock nor a general state machine: it keeps
 one state (``IDLE``/``ACTIVE``/``CLOSED``) and parses with a few compiled regular expressions.
 
-What it accepts and refuses follows h11 (what httpcore, and so httpx, accept):
+What it accepts and refuses follows h11 (what httpcore, and so httpx, accept) and RFC 9112:
 
 * request: method and target must be tokens/visible characters, header names tokens, header
   values without control characters or surrounding whitespace, a ``Host`` header required;
@@ -14,13 +14,54 @@ What it accepts and refuses follows h11 (what httpcore, and so httpx, accept):
   (httpx sets one of them), and a body longer than its ``Content-Length`` is refused;
 * response: ``HTTP/1.x`` status line, lines ending in CRLF or a bare LF, obsolete line folding
   joined with a space, a header block of at most :data:`MAX_HEAD_SIZE` bytes, informational
-  (1xx) responses skipped, framing by ``Transfer-Encoding: chunked`` (trailers read and
-  dropped), ``Content-Length`` (equal duplicates allowed), or the end of the connection;
+  (1xx) responses skipped (at most :data:`MAX_INFORMATIONAL` of them, together at most
+  :data:`MAX_HEAD_SIZE` bytes), framing by ``Transfer-Encoding: chunked`` (trailers checked
+  as header lines, at most :data:`MAX_HEAD_SIZE` bytes, and dropped), ``Content-Length``
+  (``1*DIGIT``, at most 2**63-1; a list or repeat of one identical value allowed), or the end
+  of the connection;
+* chunked framing as RFC 9112 section 7.1 has it: the chunk-size line and the end of the chunk
+  data end in CRLF (the bare-LF leniency of section 2.2 covers the start line and field lines
+  only), a chunk size has at most 16 hex digits (at most 2**63-1), chunk extensions follow
+  the grammar (``;name``, ``;name=token``, ``;name="quoted"``);
+* a bare CR is refused everywhere (``\r\r\n`` is not a line end);
 * the connection is kept alive unless either side said ``Connection: close``, the response
-  is HTTP/1.0, or its body ran to the end of the connection;
+  is HTTP/1.0 (a higher minor version is read as 1.1, RFC 9110 2.5), its body ran to the
+  end of the connection, or it carried both ``Transfer-Encoding`` and ``Content-Length``
+  (RFC 9112 6.3: the chunked framing is used, but such a message may be a smuggling
+  attempt, so the connection is not trusted again);
 * a ``101 Switching Protocols`` answer to an ``Upgrade`` request and a 2xx answer to
   ``CONNECT`` hand over the stream in ``response.extensions["network_stream"]`` (with any
   bytes already read in front of it); the connection is then out of HTTP and is not reused.
+
+Every refusal of the server's bytes is an ``httpcore.RemoteProtocolError`` (which httpx maps
+to ``httpx.RemoteProtocolError``) that names the problem, and the header, but never shows a
+header value: a malformed ``WWW-Authenticate`` or ``Set-Cookie`` line must not carry its
+token into an error message or a log. Only the status line and chunk-size lines are shown,
+truncated, and cut before any CR or colon (past which a header could follow, when the server
+dropped a line end).
+
+Where this parser is more lenient than h11 (each allowed by the RFC; the differential test
+``tests/test_http11_differential.py`` encodes each as an explicit exception):
+
+* empty list elements in ``Transfer-Encoding`` (``chunked,`` or ``, chunked``): RFC 9110
+  5.6.1 says a recipient MUST accept them; h11 compares the whole value with ``chunked``;
+* whitespace before a chunk extension's ``;`` (``5 ;name``): the ``BWS`` of RFC 9112 7.1.1's
+  ``chunk-ext``; h11 refuses it.
+
+Where it is stricter than h11 (each forbidden by the RFC):
+
+* control characters other than HTAB (``\x01``-``\x08``, ``\x0e``-``\x1f``, ``\x7f``) in
+  a header value, trailer value or reason phrase (RFC 9110 5.5 makes them invalid; h11 keeps
+  them);
+* chunk extensions outside the grammar and chunk sizes of 17 to 20 hex digits (h11 takes any
+  bytes after ``;`` and up to 20 digits);
+* a status line whose version is not ``HTTP/1.x``, and a Content-Length above 2**63-1 (h11
+  takes any ``HTTP/d.d`` and up to 20 digits);
+* more than :data:`MAX_INFORMATIONAL` informational responses, or more than
+  :data:`MAX_HEAD_SIZE` bytes of them or of trailers (h11 bounds each event only).
+
+Headers are returned as received: where h11 folds repeated ``Content-Length`` headers into
+one and lowercases ``Transfer-Encoding``, they stay as the server sent them.
 
 Every response carries ``http_version``, ``reason_phrase`` and ``network_stream`` extensions
 as httpcore's do, and a request's ``trace`` extension receives httpcore's ``http11.*`` events.
@@ -44,13 +85,21 @@ import anyio
 import anyio.lowlevel
 import httpcore
 
-__all__ = ["MAX_HEAD_SIZE", "HTTP11Connection", "ResponseHead"]
+__all__ = ["MAX_HEAD_SIZE", "MAX_INFORMATIONAL", "HTTP11Connection", "ResponseHead"]
 
 logger = logging.getLogger("httpx_extensions.http11")
 
 #: Largest response status line + header block accepted: httpcore's limit (it raises h11's
 #: 16 KiB default to this), so what stock httpx accepts, ExClient accepts.
 MAX_HEAD_SIZE = 100 * 1024
+#: Most informational (1xx) responses accepted before the answer. Real servers send one
+#: ``100 Continue`` or a few ``103 Early Hints`` (``102 Processing``, the one sent repeatedly,
+#: was dropped from WebDAV by RFC 4918); a server that keeps sending them holds the request
+#: open without answering it, and the read timeout never fires while bytes keep coming.
+MAX_INFORMATIONAL = 100
+# Content-Length and chunk sizes above this are refused (as curl does): no real body is that
+# large, and it keeps every length a signed 64-bit integer for whoever handles it next.
+_MAX_LENGTH = 2**63 - 1
 _READ_SIZE = 64 * 1024
 # A body up to this size goes out in the same write as the request head.
 _COALESCE_LIMIT = 64 * 1024
@@ -66,9 +115,25 @@ _HEADER_LINE_RE = re.compile(_HEADER_LINE)
 # Every line of a header block at once (a line may end in CR).
 _HEADER_LINES_RE = re.compile(rb"^" + _HEADER_LINE + rb"\r?$", re.MULTILINE)
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# RFC 9110 5.6.4 quoted-string: qdtext or a quoted-pair.
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# RFC 9112 7.1: chunk-size [ chunk-ext ], chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS
+# token / quoted-string ] ), and trailing whitespace as h11 allows (servers pad sizes).
+# (Every repetition starts at a ";", so whitespace runs cannot be split two ways: linear.)
+_CHUNK_SIZE_RE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*"
+    + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + _TOKEN
+    + rb"|"
+    + _QUOTED
+    + rb"))?)*[ \t]*"
+)
+_DIGITS_RE = re.compile(rb"[0-9]{1,20}")  # h11's bound on Content-Length digits
 
 _checkpoint = anyio.lowlevel.checkpoint
+# The keep-alive clock, looked up at each use so that tests can replace it with a fake one.
+_clock = time.monotonic
 
 _REDACTED_HEADERS = frozenset(
     {b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate"}
@@ -133,14 +198,64 @@ class _Framing(typing.NamedTuple):
                 if lower in _SET_COOKIE_HEADERS:
                     set_cookie = True
                 continue
+            if lower == b"content-length":
+                # Empty elements kept: "5," is not a valid Content-Length (RFC 9110 8.6).
+                lengths = (lengths or []) + [p.strip(b" \t") for p in value.split(b",")]
+                continue
             parts = [p.strip().lower() for p in value.split(b",") if p.strip()]
             if lower == b"connection":
                 close = close or b"close" in parts
-            elif lower == b"transfer-encoding":
-                encodings = (encodings or []) + parts
             else:
-                lengths = (lengths or []) + parts
+                encodings = (encodings or []) + parts
         return cls(close, encodings, lengths, set_cookie)
+
+    def body_length(self) -> int | None:
+        """The Content-Length, or None without one.
+
+        Raises:
+            httpcore.RemoteProtocolError: not ``1*DIGIT`` (or a list of one repeated value), or
+                above 2**63-1. The message never shows the value.
+        """
+        lengths = self.content_length
+        if lengths is None:
+            return None
+        if len(lengths) == 1:
+            length = lengths[0]
+            if length.isdigit() and len(length) < 19:  # the usual case: one plain number
+                return int(length)
+        if not all(lengths):
+            raise httpcore.RemoteProtocolError(
+                "Invalid Content-Length header: empty value or empty list element"
+            )
+        if len(set(lengths)) != 1:
+            raise httpcore.RemoteProtocolError("Conflicting Content-Length values")
+        # Digits are checked before int(): Python refuses to convert more than 4300 digits
+        # with a ValueError, which must not escape as a non-httpx error.
+        if not _DIGITS_RE.fullmatch(lengths[0]):
+            raise httpcore.RemoteProtocolError(
+                "Invalid Content-Length header: not a decimal number of at most 20 digits"
+            )
+        length_value = int(lengths[0])
+        if length_value > _MAX_LENGTH:
+            raise httpcore.RemoteProtocolError("Invalid Content-Length header: above 2**63-1")
+        return length_value
+
+    def is_chunked(self) -> bool:
+        """True for ``Transfer-Encoding: chunked``, False without the header.
+
+        Raises:
+            httpcore.RemoteProtocolError: any other transfer coding (the value is not shown).
+        """
+        encodings = self.transfer_encoding
+        if encodings is None:
+            return False
+        if encodings != [b"chunked"]:
+            raise httpcore.RemoteProtocolError(
+                "Unsupported Transfer-Encoding: only chunked is supported"
+                if encodings
+                else "Empty Transfer-Encoding header"
+            )
+        return True
 
 
 class _Upgraded(httpcore.AsyncNetworkStream):
@@ -194,6 +309,7 @@ class HTTP11Connection:
         "_keepalive_expiry",
         "_last_headers",
         "_origin",
+        "_responded",
         "_state",
         "_stream",
     )
@@ -210,6 +326,9 @@ class HTTP11Connection:
         self._state = _IDLE
         self._expire_at: float | None = None
         self._buffer = b""
+        # Whether any byte of the current request's response has arrived: a request that
+        # failed before one did may be sent again on another connection (see answered()).
+        self._responded = False
         self._last_headers: tuple[Headers, bytes, bool, int | bool | None] | None = None
         # Streams that can say directly whether the server has written (AsyncioStream) are
         # asked so; others through get_extra_info, as httpcore does.
@@ -238,12 +357,21 @@ class HTTP11Connection:
         """True when it must not take another request: expired, or closed by the server."""
         if self._state is _CLOSED or self._state is _BROKEN:
             return True
-        if self._expire_at is not None and time.monotonic() > self._expire_at:
+        if self._expire_at is not None and _clock() > self._expire_at:
             return True
         # An idle connection the server has written to (a close, or garbage) is finished.
         if self._state is not _IDLE:
             return False
         return bool(self._is_readable())
+
+    def answered(self) -> bool:
+        """Whether any byte of the last request's response arrived.
+
+        False after a failed request means that no answer began: the server closed or reset
+        the connection first (typically a keep-alive connection it had just timed out). The
+        transport then sends an idempotent request once more, on a new connection.
+        """
+        return self._responded
 
     async def aclose(self) -> None:
         self._state = _CLOSED
@@ -270,6 +398,7 @@ class HTTP11Connection:
             raise httpcore.ConnectionNotAvailable()
         self._state = _ACTIVE
         self._expire_at = None
+        self._responded = False
         timeouts = extensions.get("timeout") or {}
         trace = extensions.get("trace")
         if trace is not None or logger.isEnabledFor(logging.DEBUG):
@@ -420,13 +549,36 @@ class HTTP11Connection:
     async def _read_response(
         self, method: bytes, request_headers: Headers, close: bool, timeout: float | None
     ) -> ResponseHead:
+        informational = informational_bytes = 0
         while True:
-            status, reason, version, headers = await self._read_head(timeout)
+            status, reason, version, headers, size = await self._read_head(timeout)
             if status < 100:
                 raise httpcore.RemoteProtocolError(f"Invalid status code {status:03d}")
             if status >= 200 or status == 101:
                 break
             # 1xx (100 Continue, 103 Early Hints): informational, the real answer follows.
+            # Their framing headers mean nothing, but must still be valid (as h11 checks).
+            framing = _Framing.of(headers)
+            framing.body_length()
+            framing.is_chunked()
+            # Bounded in count and bytes: each head is bounded by MAX_HEAD_SIZE, but a
+            # server sending them without end would otherwise be read for ever.
+            informational += 1
+            informational_bytes += size
+            if informational > MAX_INFORMATIONAL:
+                raise httpcore.RemoteProtocolError(
+                    f"Server sent more than {MAX_INFORMATIONAL} informational (1xx) responses "
+                    "without a final response (limit MAX_INFORMATIONAL)"
+                )
+            if informational_bytes > MAX_HEAD_SIZE:
+                raise httpcore.RemoteProtocolError(
+                    f"Informational (1xx) responses larger than {MAX_HEAD_SIZE} bytes in total "
+                    "without a final response (limit MAX_HEAD_SIZE)"
+                )
+        framing = _Framing.of(headers)
+        # Checked for every response, also those whose body they do not frame (as h11 does).
+        length = framing.body_length()
+        chunked = framing.is_chunked()
         stream = self._stream
         if (status == 101 and _comma_values(request_headers, b"upgrade")) or (
             method == b"CONNECT" and 200 <= status < 300
@@ -442,30 +594,17 @@ class HTTP11Connection:
                 "Server sent 101 Switching Protocols to a request without Upgrade"
             )
 
-        framing = _Framing.of(headers)
-        keep_alive = not close and version == b"1.1" and not framing.close
+        # HTTP/1.2 and up are read as 1.1 (RFC 9110 2.5), as h11 does: only 1.0 closes.
+        keep_alive = not close and version != b"1.0" and not framing.close
         body: typing.AsyncIterable[bytes]
-        encodings, lengths = framing.transfer_encoding, framing.content_length
         if method == b"HEAD" or status in _NO_BODY_STATUS:
             self._done(keep_alive)
             body = _Once(b"")
-        elif encodings is not None:
-            if encodings != [b"chunked"]:
-                raise httpcore.RemoteProtocolError(
-                    f"Unsupported Transfer-Encoding {b', '.join(encodings)!r}: only "
-                    "chunked is supported"
-                    if encodings
-                    else "Empty Transfer-Encoding header"
-                )
-            body = self._chunked(keep_alive, timeout)
-        elif lengths is not None:
-            if not lengths:
-                raise httpcore.RemoteProtocolError("Empty Content-Length header")
-            if len(set(lengths)) != 1 or not lengths[0].isdigit():
-                raise httpcore.RemoteProtocolError(
-                    f"Invalid Content-Length {b', '.join(lengths)!r}"
-                )
-            length = int(lengths[0])
+        elif chunked:
+            # Both Transfer-Encoding and Content-Length: chunked wins (RFC 9112 6.3), but the
+            # message may be a request-smuggling attempt: the connection is not reused.
+            body = self._chunked(keep_alive and length is None, timeout)
+        elif length is not None:
             if len(self._buffer) >= length:  # all here already: no reads to come
                 data, self._buffer = self._buffer[:length], self._buffer[length:]
                 self._done(keep_alive)
@@ -478,7 +617,8 @@ class HTTP11Connection:
             status, reason, b"HTTP/" + version, headers, body, stream, framing.set_cookie
         )
 
-    async def _read_head(self, timeout: float | None) -> tuple[int, bytes, bytes, Headers]:
+    async def _read_head(self, timeout: float | None) -> tuple[int, bytes, bytes, Headers, int]:
+        """Status, reason, version, headers, and how many bytes the head took."""
         buffer = self._buffer
         match = _HEAD_END_RE.search(buffer)
         while match is None:
@@ -498,47 +638,33 @@ class HTTP11Connection:
             # Look again only from where a new line could have ended.
             start = max(len(buffer) - 2, 0)
             buffer += data
+            self._responded = True
             match = _HEAD_END_RE.search(buffer, start)
         end = match.end()
         if end > MAX_HEAD_SIZE + 4:
             raise httpcore.RemoteProtocolError(f"Response head larger than {MAX_HEAD_SIZE} bytes")
         raw, self._buffer = buffer[: match.start()], buffer[end:]
         first_end = raw.find(b"\n")
-        status_line = (raw if first_end < 0 else raw[:first_end]).rstrip(b"\r")
+        status_line = raw if first_end < 0 else raw[:first_end]
+        if status_line[-1:] == b"\r":  # one CR before the LF, no more: a bare CR is refused
+            status_line = status_line[:-1]
         matched = _STATUS_LINE_RE.fullmatch(status_line)
         if matched is None:
             if not status_line.startswith(b"HTTP/"):
                 raise httpcore.RemoteProtocolError(
-                    f"Invalid status line {status_line[:100]!r}: the server did not answer "
+                    f"Invalid status line {_shown(status_line)}: the server did not answer "
                     "with HTTP/1.x"
                 )
-            raise httpcore.RemoteProtocolError(f"Invalid status line {status_line[:100]!r}")
+            raise httpcore.RemoteProtocolError(f"Invalid status line {_shown(status_line)}")
         version, status, reason = matched.groups()
         if first_end < 0:
-            return int(status), reason or b"", version, []
+            return int(status), reason or b"", version, [], end
         # Every header line at once; when some line does not match (a folded or invalid
-        # one), the line-by-line parse below handles it or says what is wrong.
+        # one), the line-by-line parse handles it or says what is wrong.
         headers: Headers = _HEADER_LINES_RE.findall(raw, first_end + 1)
-        if len(headers) == raw.count(b"\n", first_end + 1) + 1:
-            return int(status), reason or b"", version, headers
-        headers = []
-        for line in raw[first_end + 1 :].split(b"\n"):
-            line = line.rstrip(b"\r")
-            if line[:1] in (b" ", b"\t"):  # obsolete line folding
-                if not headers:
-                    raise httpcore.RemoteProtocolError("Response head starts with a folded line")
-                name, value = headers[-1]
-                folded = line.strip(b" \t")
-                if not _VALUE_RE.fullmatch(folded):
-                    raise httpcore.RemoteProtocolError(f"Invalid folded header line {line[:100]!r}")
-                if folded:
-                    headers[-1] = (name, value + b" " + folded if value else folded)
-                continue
-            header = _HEADER_LINE_RE.fullmatch(line)
-            if header is None:
-                raise httpcore.RemoteProtocolError(f"Invalid header line {line[:100]!r}")
-            headers.append((header[1], header[2]))
-        return int(status), reason or b"", version, headers
+        if len(headers) != raw.count(b"\n", first_end + 1) + 1:
+            headers = _parse_fields(raw[first_end + 1 :], "response head")
+        return int(status), reason or b"", version, headers, end
 
     async def _fill(self, timeout: float | None) -> bool:
         data = await self._stream.read(_READ_SIZE, timeout)
@@ -550,6 +676,7 @@ class HTTP11Connection:
     async def _fixed(
         self, length: int, keep_alive: bool, timeout: float | None
     ) -> AsyncIterator[bytes]:
+        # Only for a body not yet all in the buffer: length > 0, at least one read to come.
         remaining = length
         while remaining:
             if not self._buffer and not await self._fill(timeout):
@@ -570,55 +697,89 @@ class HTTP11Connection:
                 remaining = 0
                 self._done(keep_alive)
                 yield chunk
-        if not length:
-            self._done(keep_alive)
 
     async def _chunked(self, keep_alive: bool, timeout: float | None) -> AsyncIterator[bytes]:
         # Parsed at an offset into the received bytes: slicing the rest off after every
         # chunk would copy the buffer once per chunk (quadratic for many small chunks).
         buf, pos = self._buffer, 0
         read = self._stream.read
+        truncated = "(peer closed connection without sending complete message body)"
 
-        async def line(what: str) -> bytes:
+        async def more(where: str) -> None:
             nonlocal buf, pos
+            data = await read(_READ_SIZE, timeout)
+            if not data:
+                raise httpcore.RemoteProtocolError(f"Server disconnected {where} {truncated}")
+            buf, pos = buf[pos:] + data, 0
+
+        async def line(limit: int, too_long: str, where: str) -> bytes:
+            # The next line, with its CR if any, without its LF; ``limit`` bytes at most,
+            # the LF included.
+            nonlocal pos
             while (end := buf.find(b"\n", pos)) < 0:
-                if len(buf) - pos > MAX_HEAD_SIZE:
-                    raise httpcore.RemoteProtocolError(f"Response {what} line too long")
-                data = await read(_READ_SIZE, timeout)
-                if not data:
-                    raise httpcore.RemoteProtocolError(
-                        f"Server disconnected while sending the {what} "
-                        "(peer closed connection without sending complete message body)"
-                    )
-                buf, pos = buf[pos:] + data, 0
+                if len(buf) - pos >= limit:
+                    raise httpcore.RemoteProtocolError(too_long)
+                await more(where)
+            if end - pos >= limit:
+                raise httpcore.RemoteProtocolError(too_long)
             text, pos = buf[pos:end], end + 1
-            return text.rstrip(b"\r")
+            return text
 
         while True:
-            size_line = await line("chunk size")
-            matched = _CHUNK_SIZE_RE.fullmatch(size_line)
+            size_line = await line(
+                MAX_HEAD_SIZE,
+                f"Response chunk size line longer than {MAX_HEAD_SIZE} bytes",
+                "while sending the chunk size",
+            )
+            # RFC 9112 7.1: CRLF ends a chunk-size line; the bare-LF leniency is for the
+            # head's lines only.
+            if size_line[-1:] != b"\r":
+                raise httpcore.RemoteProtocolError(
+                    f"Chunk size line {_shown(size_line)} not ended by CRLF (a bare LF)"
+                )
+            matched = _CHUNK_SIZE_RE.fullmatch(size_line, 0, len(size_line) - 1)
             if matched is None:
-                raise httpcore.RemoteProtocolError(f"Invalid chunk size line {size_line[:100]!r}")
-            remaining = int(matched[1], 16)
+                raise httpcore.RemoteProtocolError(
+                    f"Invalid chunk size line {_shown(size_line[:-1])}"
+                )
+            digits = matched[1]
+            if len(digits) > 16 or (remaining := int(digits, 16)) > _MAX_LENGTH:
+                raise httpcore.RemoteProtocolError(
+                    "Chunk size too large (more than 16 hex digits, or above 2**63-1)"
+                )
             if remaining == 0:
                 break
             while remaining:
                 if pos >= len(buf):
-                    buf, pos = await read(_READ_SIZE, timeout), 0
-                    if not buf:
-                        raise httpcore.RemoteProtocolError(
-                            "Server disconnected in the middle of a chunk "
-                            "(peer closed connection without sending complete message body)"
-                        )
+                    await more("in the middle of a chunk")
                 end = min(pos + remaining, len(buf))
                 chunk = buf[pos:end]
                 remaining -= end - pos
                 pos = end
                 yield chunk
-            if await line("chunk end"):
-                raise httpcore.RemoteProtocolError("Chunk data longer than its declared size")
-        while await line("trailer"):  # trailers: read and dropped
-            pass
+            while len(buf) - pos < 2:
+                await more("in the middle of a chunk")
+            if buf[pos : pos + 2] != b"\r\n":
+                raise httpcore.RemoteProtocolError(
+                    "Chunk data longer than its declared size, or not followed by CRLF"
+                )
+            pos += 2
+        # Trailers: field lines (a bare LF allowed, as in the head), MAX_HEAD_SIZE bytes in
+        # all at most, checked as header lines are, then dropped.
+        budget = MAX_HEAD_SIZE
+        trailers: list[bytes] = []
+        while True:
+            trailer = await line(
+                budget,
+                f"Response trailer section larger than {MAX_HEAD_SIZE} bytes",
+                "while sending the trailer section",
+            )
+            if trailer == b"" or trailer == b"\r":
+                break
+            budget -= len(trailer) + 1
+            trailers.append(trailer)
+        if trailers:
+            _parse_fields(b"\n".join(trailers), "trailer section")
         self._buffer = buf[pos:]
         self._done(keep_alive)
 
@@ -641,7 +802,63 @@ class HTTP11Connection:
             return
         self._state = _IDLE
         if self._keepalive_expiry is not None:
-            self._expire_at = time.monotonic() + self._keepalive_expiry
+            self._expire_at = _clock() + self._keepalive_expiry
+
+
+def _parse_fields(block: bytes, section: str) -> Headers:
+    """The field lines of a header or trailer section, one line by LF (one CR before it).
+
+    Obsolete line folding joins a continuation to its line with one space, as h11 does (RFC
+    9112 5.2 lets a recipient replace each obs-fold with SP). Raises a RemoteProtocolError
+    naming the section and the field, never showing a value.
+    """
+    lines: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if line[:1] in (b" ", b"\t"):  # obsolete line folding
+            if not lines:
+                raise httpcore.RemoteProtocolError(f"The {section} starts with a folded line")
+            lines[-1] += b" " + line.lstrip(b" \t")
+        else:
+            lines.append(line)
+    fields: Headers = []
+    for line in lines:
+        field = _HEADER_LINE_RE.fullmatch(line)
+        if field is None:
+            raise _field_error(line, section)
+        fields.append((field[1], field[2]))
+    return fields
+
+
+def _shown(line: bytes) -> str:
+    """A status or chunk-size line for an error message: truncated, cut at a CR or colon.
+
+    Where a server dropped or mangled the line end (a bare CR, no CRLF at all), the next
+    line, a header with perhaps a token in its value, is on the same line: only what comes
+    before a CR and before a colon (so at most a header's name) is ever shown.
+    """
+    cr, colon = line.find(b"\r"), line.find(b":")
+    if cr < 0 and colon < 0:
+        return repr(line[:100])
+    if colon < 0 or 0 <= cr < colon:
+        return f"{line[: min(cr, 100)]!r} (shown up to a bare CR)"
+    return f"{line[: min(colon, 100)]!r} (shown up to a colon)"
+
+
+def _field_error(line: bytes, section: str) -> httpcore.RemoteProtocolError:
+    # Only a field name (a token, so printable) is ever shown: values may be credentials.
+    name, colon, _ = line.partition(b":")
+    if not colon:
+        problem = "a line without a colon"
+    elif not _TOKEN_RE.fullmatch(name):
+        problem = "a field name that is not a token (whitespace or a control character?)"
+    else:
+        shown = name[:100].decode("ascii")
+        problem = f"the value of {shown!r} has a control character, a bare CR or a NUL"
+    return httpcore.RemoteProtocolError(
+        f"Invalid header line in the {section}: {problem} (value not shown)"
+    )
 
 
 def _header_block(headers: Headers) -> tuple[bytes, bool, int | bool | None, bool]:
@@ -661,26 +878,30 @@ def _header_block(headers: Headers) -> tuple[bytes, bool, int | bool | None, boo
             raise httpcore.LocalProtocolError(f"Illegal header name {name!r}")
         lower = name.lower()
         if not _VALUE_RE.fullmatch(value):
-            if lower in _REDACTED_HEADERS:  # never echo a credential into logs
-                raise httpcore.LocalProtocolError(
-                    f"Illegal {name.decode('ascii')} header value (control characters or "
-                    "surrounding whitespace; value not shown)"
-                )
-            raise httpcore.LocalProtocolError(f"Illegal header value {value!r}")
+            # The value is never shown: it may be a credential, a cookie, an API key.
+            raise httpcore.LocalProtocolError(
+                f"Illegal header value for {name.decode('ascii')[:100]!r} (control "
+                "characters or surrounding whitespace; value not shown)"
+            )
         if lower == b"host":
             host = True
         elif lower == b"content-length":
             lengths = {part.strip() for part in value.split(b",")}
-            if len(lengths) != 1 or not (length := lengths.pop()).isdigit():
-                raise httpcore.LocalProtocolError(f"Illegal Content-Length {value!r}")
+            # Digits bounded before int(), which refuses over 4300 digits with ValueError.
+            if len(lengths) != 1 or not _DIGITS_RE.fullmatch(length := lengths.pop()):
+                raise httpcore.LocalProtocolError(
+                    "Illegal Content-Length header: not one decimal number of at most 20 digits"
+                )
+            if (declared := int(length)) > _MAX_LENGTH:
+                raise httpcore.LocalProtocolError("Illegal Content-Length header: above 2**63-1")
             if framing is None:
-                framing = int(length)
-            elif framing is not True and framing != int(length):
+                framing = declared
+            elif framing is not True and framing != declared:
                 raise httpcore.LocalProtocolError("Conflicting Content-Length headers")
         elif lower == b"transfer-encoding":
             if value.strip().lower() != b"chunked":
                 raise httpcore.LocalProtocolError(
-                    f"Only Transfer-Encoding: chunked is supported, not {value!r}"
+                    "Only Transfer-Encoding: chunked is supported in a request"
                 )
             framing = True
         elif lower == b"connection":

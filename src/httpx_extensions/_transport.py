@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import ssl
 import time
@@ -25,13 +26,15 @@ import httpx
 import sniffio
 
 from ._exceptions import UnsupportedConfiguration
-from ._extensions import CONN_ID, PARTITION
+from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from ._http11 import HTTP11Connection, ResponseHead, _Once
 from ._network import AsyncioBackend
-from ._pool import ConnectionInfo, ConnectionPool, PooledConnection
+from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str
 from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, ProxyAuthTypes, check_proxy_auth
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
+
+logger = logging.getLogger("httpx_extensions.pool")
 
 HTTP2_REFUSED = (
     "http2=True is not supported: NTLM and Negotiate authenticate a TCP connection and do not "
@@ -62,6 +65,19 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
     (httpcore.ProtocolError, httpx.ProtocolError),
 )
+
+
+# Methods RFC 9110 9.2.2 calls idempotent, as urllib3's Retry.DEFAULT_ALLOWED_METHODS: only
+# these are sent again after a reused connection was lost before the server answered.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# What a lost request looks like: the server closed (RemoteProtocolError: "disconnected
+# without sending a response"), reset (ReadError), or stopped reading (WriteError) first.
+_LOST_REQUEST_ERRORS = (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError)
+
+
+def _can_resend(request: httpx.Request) -> bool:
+    """An idempotent request whose body is in memory (so it can go out again unchanged)."""
+    return request.method in _IDEMPOTENT_METHODS and isinstance(request.stream, httpx.ByteStream)
 
 
 # Mocking libraries (respx) patch this method to intercept requests; when it is not httpcore's
@@ -405,25 +421,57 @@ class ExTransport(httpx.AsyncBaseTransport):
 
         if httpcore.AsyncConnectionPool.handle_async_request is not _STOCK_POOL_HANDLER:
             return await self._handle_mocked(request, port, target, headers)
-        try:
-            conn = await self._pool.acquire(request, origin, partition, pin, pool_timeout)
-        except Exception as exc:
-            mapped = _map_exception(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        connection = typing.cast(HTTP11Connection, conn.connection)
-        try:
-            if forward:  # through the proxy's 407 handshake (docs/proxies.md)
-                head = await self._send_forward(conn, method, target, headers, request)
-            else:
-                head = await connection.send(method, target, headers, request.stream, extensions)
-        except BaseException as exc:
-            await self._pool.release(conn)
-            mapped = _map_exception(exc) if isinstance(exc, Exception) else None
-            if mapped is None:
-                raise
-            raise mapped from exc
+        fresh = False
+        while True:
+            try:
+                conn = await self._pool.acquire(
+                    request, origin, partition, pin, pool_timeout, fresh=fresh
+                )
+            except Exception as exc:
+                mapped = _map_exception(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            connection = typing.cast(HTTP11Connection, conn.connection)
+            try:
+                wire = headers
+                if conn.requests == 1 and PREEMPTIVE in extensions:
+                    # A new connection: the auth opens its handshake on this request (its
+                    # preemptive= option), with the bindings of this connection's certificate.
+                    preempt = extensions[PREEMPTIVE]
+                    wire = [*headers, *await preempt(request, connection._stream)]
+                if forward:  # through the proxy's 407 handshake (docs/proxies.md)
+                    head = await self._send_forward(conn, method, target, wire, request)
+                else:
+                    head = await connection.send(method, target, wire, request.stream, extensions)
+                break
+            except BaseException as exc:
+                await self._pool.release(conn)
+                if (
+                    not fresh
+                    and conn.requests > 1
+                    and isinstance(exc, _LOST_REQUEST_ERRORS)
+                    and not connection.answered()
+                    and _can_resend(request)
+                ):
+                    # The server closed (or reset) a reused keep-alive connection as this
+                    # request went out, before answering: it cannot have acted on it. Send it
+                    # once more, on a new connection (urllib3 and aiohttp do the same).
+                    logger.debug(
+                        "conn_id %s was closed by the server before it answered; sending "
+                        "%s %s again on a new connection (%r)",
+                        conn.conn_id,
+                        request.method,
+                        _origin_str(origin),
+                        exc,
+                    )
+                    fresh = True
+                    pin = None
+                    continue
+                mapped = _map_exception(exc) if isinstance(exc, Exception) else None
+                if mapped is None:
+                    raise
+                raise mapped from exc
         response = _Response(
             status_code=head.status,
             headers=head.headers,

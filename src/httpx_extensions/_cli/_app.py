@@ -3,6 +3,9 @@
 Passwords never come from the command line (they would show in ``ps`` and in shell
 history): from ``HTTPX_EXTENSIONS_PASSWORD`` or from a prompt that does not echo.
 Exit statuses: 0 success, 1 failure, 2 usage error (click's own).
+
+Each command imports what it runs (the auth and pyspnego, the demo server) when it runs, so
+that ``--help`` and ``docs`` cost little more than the library's own import.
 """
 
 from __future__ import annotations
@@ -12,17 +15,16 @@ import dataclasses
 import json
 import os
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 import httpx
-from rich.console import Console
+from rich.console import Console  # already loaded by httpx's own CLI wherever rich is
 
 from ..__version__ import __version__
-from ._demo import DemoSettings, run_and_render
-from ._probe import ProbeSettings, run_probe
-from ._probe import render as render_probe
+from ._docs import docs_dir, show
 
 __all__ = ["PASSWORD_ENV", "cli"]
 
@@ -31,12 +33,27 @@ PASSWORD_ENV = "HTTPX_EXTENSIONS_PASSWORD"
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _docs_epilog(*pages: str) -> str:
+    """The help texts' pointer to the installed pages, kept unwrapped (click's ``\\b``) so that
+    a long path stays whole and can be copied."""
+    folder = docs_dir()
+    lines = ["\b", "Documentation (installed with the package; all pages: httpx-extensions docs):"]
+    width = max(map(len, pages))
+    for page in pages:
+        where = f"  {folder / (page + '.md')}" if folder is not None else ""
+        lines.append(f"  httpx-extensions docs {page:<{width}}{where}".rstrip())
+    return "\n".join(lines)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_docs_epilog("cli"),
+)
 @click.version_option(__version__, prog_name="httpx-extensions")
 def cli() -> None:
     """Connection-bound Windows authentication (NTLM, Negotiate/Kerberos) with httpx.
 
-    Exit status: 0 success, 1 failure, 2 usage error. See docs/cli.md.
+    Exit status: 0 success, 1 failure, 2 usage error.
     """
 
 
@@ -125,7 +142,7 @@ def _timeout(default: float) -> Callable[[_F], _F]:
     )
 
 
-@cli.command()
+@cli.command(epilog=_docs_epilog("cli"))
 @_count("--requests", 2000, "GETs that each client sends.")
 @_count("--concurrency", 50, "Requests in flight at once.")
 @_count("--connections", 10, "max_connections of both clients' pools.")
@@ -172,6 +189,8 @@ def demo(
 
     Exit status: 0 when ExClient had no failure, 1 otherwise, 2 on usage errors.
     """
+    from ._demo import DemoSettings, run_and_render
+
     verify = _verify(insecure, cacert)
     if url is None and user is not None:
         raise click.UsageError("--user goes with --url (the embedded server has its own user)")
@@ -203,7 +222,7 @@ def demo(
 # -- probe -------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(epilog=_docs_epilog("cli", "auth"))
 @click.argument("url")
 @click.option(
     "--user",
@@ -269,6 +288,9 @@ def probe(
     Exit status: 0 when the final answer is 200-399, 1 when authentication failed (or the
     server could not be reached), 2 on usage errors.
     """
+    from ._probe import ProbeSettings, run_probe
+    from ._probe import render as render_probe
+
     _check_url(url, "URL")
     verify = _verify(insecure, cacert)
     if proxy is not None:
@@ -314,3 +336,22 @@ def probe(
         for line in render_probe(report):
             click.echo(line)
     ctx.exit(0 if report.ok else 1)
+
+
+# -- docs --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("page", required=False)
+@click.option("--path", "path_only", is_flag=True, help="Print the file's path, not its text.")
+def docs(page: str | None, path_only: bool) -> None:
+    """List the documentation pages installed with the package, or print PAGE.
+
+    PAGE is a name from the list (auth, cli, pinning, ...). The pages are Markdown; with
+    --path, the file's path (or the folder's, without PAGE) for a viewer or an editor.
+    Works without the cli extra too.
+    """
+    try:
+        show(page, path_only, sys.stdout)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None

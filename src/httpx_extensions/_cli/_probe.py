@@ -309,9 +309,13 @@ def _failure(response: httpx.Response, trace: list[dict[str, Any]], report: Prob
             f"(it offered: {offered}); this library cannot authenticate there"
         )
     if "rejected" in events:
+        tried = report.mechanism or "no mechanism"
+        if report.scheme is not None and report.scheme.lower() != tried:
+            tried = f"{tried} via {report.scheme}"
         return (
-            "credentials rejected: the server answered the last leg of the handshake with "
-            "401 (wrong password, unknown or locked account, or an account not allowed here)"
+            f"credentials rejected ({tried}): the server answered the last leg of the "
+            "handshake with 401 (wrong password, unknown or locked account, or an account "
+            "not allowed here)"
         )
     answer = f"{response.status_code} {response.reason_phrase}"
     if report.scheme is None:

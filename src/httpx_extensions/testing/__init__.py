@@ -21,6 +21,17 @@ no certificates; ``trustme`` is the usual way in tests). The server then derives
 channel bindings from that certificate, and ``require_channel_binding=True`` makes it
 enforce them like IIS Extended Protection.
 
+:class:`AuthProxy` is the same for proxies: a forward and CONNECT proxy on loopback that
+answers with 407 and ``Proxy-Authenticate`` (NTLM and Negotiate bound to the client's
+connection as Squid does, Basic and Digest per request, the same user file), keeps one
+upstream connection per client connection and origin, and never passes
+``Proxy-Authorization`` on::
+
+    with AuthProxy(user_file=users, schemes=("NTLM", "Basic")) as proxy:
+        ...  # point the client's proxy at proxy.url
+        assert proxy.handshakes_completed == 1
+        assert proxy.proxy_credentials_forwarded == 0
+
 Dependencies are the library's own (pyspnego, its cryptography, and h11 through httpcore).
 Kerberos logons need the ``gssapi`` package and a keytab in ``KRB5_KTNAME``.
 """

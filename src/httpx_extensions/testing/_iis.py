@@ -57,6 +57,15 @@ _SPNEGO_INIT_TAG = 0x60
 # MIT krb5 >= 1.19 sets this in the acceptor's ret_flags when the initiator's channel bindings
 # matched the acceptor's (non-empty) ones; a missing binding is accepted without the flag.
 _GSS_C_CHANNEL_BOUND_FLAG = 0x800
+# What Apache mod_auth_gssapi (through MIT krb5's SPNEGO acceptor) answers a failed Negotiate
+# login with: a NegTokenResp whose only field is negState = reject (RFC 4178 4.2.2), DER:
+#   A1 07          [1] NegTokenResp, 7 bytes
+#     30 05        SEQUENCE, 5 bytes
+#       A0 03      [0] negState, 3 bytes
+#         0A 01 02 ENUMERATED reject (2)
+# On the wire: ``WWW-Authenticate: Negotiate oQcwBaADCgEC`` on the final 401.
+_SPNEGO_REJECT_TOKEN = bytes.fromhex("a1073005a0030a0102")
+_FINAL_TOKEN_MODES = ("send", "omit", "corrupt")
 
 # IIS answers a 401 with an HTML page; a non-empty body makes clients prove they drain the
 # 401 before sending the next leg on the same connection.
@@ -533,7 +542,11 @@ class _Exchange(_AcceptorExchange["IISLikeServer"]):
         except _Rejected as exc:
             self.error = str(exc)
             self.drop_auth()
-            await self.unauthorized()
+            if server.spnego_reject and self.scheme == "Negotiate":
+                # As mod_auth_gssapi: the final 401 carries the SPNEGO reject token only.
+                await self.unauthorized(challenge=_SPNEGO_REJECT_TOKEN)
+            else:
+                await self.unauthorized()
             return True
 
         context = auth.context
@@ -560,6 +573,11 @@ class _Exchange(_AcceptorExchange["IISLikeServer"]):
             server._set_user(self.seq, user)
         with server._lock:
             server._handshakes_completed += 1
+        if out_token and server.final_token == "omit":
+            out_token = None
+        elif out_token and server.final_token == "corrupt":
+            # Same length, last byte flipped: the MIC or AP-REP checksum no longer verifies.
+            out_token = out_token[:-1] + bytes([out_token[-1] ^ 0xFF])
         await self.ok(user, self.scheme, handshake=True, final_token=out_token)
         return True
 
@@ -716,7 +734,9 @@ class _AcceptorServer(KeepAliveServer[_RecordT, _ConnectionAuth], Generic[_Recor
                 server was started before, or the listener could not be opened.
         """
         acquired = False
-        if not self._env_acquired:  # a second start() must not take (or drop) it again
+        # A second start() must not take (or drop) it again; a server without an acceptor
+        # (a Basic-only proxy) reads the file itself and leaves the variable alone.
+        if not self._env_acquired and self._uses_acceptor():
             _UserFileEnv.acquire(self.user_file)
             self._env_acquired = acquired = True
         try:
@@ -726,6 +746,10 @@ class _AcceptorServer(KeepAliveServer[_RecordT, _ConnectionAuth], Generic[_Recor
                 self._release_env()
             raise
         return self
+
+    def _uses_acceptor(self) -> bool:
+        """Whether pyspnego's acceptor (and so ``NTLM_USER_FILE``) is needed."""
+        return True
 
     def stop(self) -> None:
         """Close every connection, stop the thread and restore ``NTLM_USER_FILE``."""
@@ -796,12 +820,21 @@ class IISLikeServer(_AcceptorServer[NTLMRequestRecord]):
             farm (IIS ARR, F5): every 401 sets this cookie (``Set-Cookie: <name>=<id>``),
             and a handshake leg that does not send it back is rejected, as it would have
             reached another server of the farm. None (default): no cookies.
+        spnego_reject: Answer a failed Negotiate login the way Apache mod_auth_gssapi does:
+            a final 401 whose only challenge is ``Negotiate`` with an SPNEGO NegTokenResp
+            ``negState=reject`` (``oQcwBaADCgEC``), instead of
+            IIS's fresh bare offers. Logins under the ``NTLM`` scheme keep IIS's answer.
+        final_token: What the 200 that completes a handshake carries when the acceptor has
+            a last token (SPNEGO accept-complete, a Kerberos AP-REP: how the server proves
+            who it is): ``"send"`` (default), ``"omit"`` (none), or ``"corrupt"`` (the
+            token with its last byte flipped), to test a client's mutual authentication.
         host: The address to listen on. Keep it on loopback (``127.0.0.1``, ``::1``): this
             server is for tests.
 
     Raises:
-        ValueError: ``schemes`` is empty or names another scheme, or
-            ``require_channel_binding`` is set without an ``ssl_context``.
+        ValueError: ``schemes`` is empty or names another scheme,
+            ``require_channel_binding`` is set without an ``ssl_context``, or
+            ``final_token`` is not one of its choices.
         FileNotFoundError: ``user_file`` does not exist.
 
     pyspnego reads ``NTLM_USER_FILE`` from the process environment, so the server sets it
@@ -824,11 +857,17 @@ class IISLikeServer(_AcceptorServer[NTLMRequestRecord]):
         require_channel_binding: bool = False,
         idle_timeout: float | None = None,
         affinity_cookie: str | None = None,
+        spnego_reject: bool = False,
+        final_token: str = "send",
         host: str = "127.0.0.1",
     ) -> None:
         known = {"ntlm": "NTLM", "negotiate": "Negotiate"}
         if not schemes or any(s.lower() not in known for s in schemes):
             raise ValueError(f"schemes must be a non-empty choice of {sorted(known.values())}")
+        if final_token not in _FINAL_TOKEN_MODES:
+            raise ValueError(
+                f"final_token must be one of {_FINAL_TOKEN_MODES}, not {final_token!r}"
+            )
         super().__init__(
             user_file=user_file,
             ssl_context=ssl_context,
@@ -841,5 +880,7 @@ class IISLikeServer(_AcceptorServer[NTLMRequestRecord]):
         if affinity_cookie is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", affinity_cookie):
             raise ValueError(f"affinity_cookie {affinity_cookie!r} is not a plain cookie name")
         self.affinity_cookie = affinity_cookie
+        self.spnego_reject = spnego_reject
+        self.final_token = final_token
 
     # -- connection handling ---------------------------------------------------------------

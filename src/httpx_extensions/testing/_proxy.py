@@ -752,7 +752,8 @@ class AuthProxy(_AcceptorServer[ProxyRequestRecord]):
             and Digest check the same accounts, named ``DOMAIN\\user`` or ``user``. Digest
             needs password lines (not ``store_hashes=True``).
         schemes: What the 407 offers, in order: any of ``"Negotiate"``, ``"NTLM"``,
-            ``"Basic"``, ``"Digest"`` (case-insensitive).
+            ``"Basic"``, ``"Digest"`` (case-insensitive; default Negotiate, NTLM, Basic).
+            Digest is MD5 with ``qop="auth"``; each offer carries a fresh nonce.
         ssl_context: Be an HTTPS proxy (TLS from the client to the proxy) with this
             server-side context; channel bindings are derived from its certificate.
         require_channel_binding: Refuse an NTLM type 3 message (or Kerberos authenticator)
@@ -775,8 +776,9 @@ class AuthProxy(_AcceptorServer[ProxyRequestRecord]):
             ``require_channel_binding`` is set without an ``ssl_context``.
         FileNotFoundError: ``user_file`` does not exist.
 
-    Like :class:`IISLikeServer`, the proxy points ``NTLM_USER_FILE`` at ``user_file`` while
-    it runs (servers running at once must share one file), Kerberos logons need ``gssapi``
+    Like :class:`IISLikeServer`, a proxy offering NTLM or Negotiate points ``NTLM_USER_FILE``
+    at ``user_file`` while it runs (servers running at once must share one file; a proxy
+    offering only Basic/Digest leaves the variable alone), Kerberos logons need ``gssapi``
     and a keytab in ``KRB5_KTNAME``, and nothing secret is recorded or logged.
     """
 
@@ -913,6 +915,9 @@ class AuthProxy(_AcceptorServer[ProxyRequestRecord]):
             return True
 
     # -- connection handling -------------------------------------------------------------------
+
+    def _uses_acceptor(self) -> bool:
+        return any(scheme in _CONNECTION_BOUND for scheme in self.schemes)
 
     def _connection_opened(self, seq: int) -> None:
         super()._connection_opened(seq)
