@@ -25,8 +25,11 @@ from httpx._client import USE_CLIENT_DEFAULT, BaseClient, BoundAsyncStream, UseC
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
-from ._proxy_auth import ProxyAuthTypes, check_proxy_auth
+from ._proxy_auth import check_proxy_auth
 from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response, _ResponseStream
+
+if typing.TYPE_CHECKING:
+    from ._proxy_auth import ProxyAuthTypes
 
 __all__ = ["ExClient"]
 

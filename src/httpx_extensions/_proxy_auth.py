@@ -25,32 +25,50 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import importlib
 import logging
 import secrets
 import ssl
+import sys
 import typing
 from collections.abc import Generator, Hashable
 from urllib.request import parse_http_list, parse_keqv_list
 
 import httpx
-import spnego
 
-from ._auth import NegotiateAuth, NTLMAuth, _channel_bindings, _is_ntlm, _mechanism, _SpnegoAuth
 from ._exceptions import ProxyAuthenticationError
 
 if typing.TYPE_CHECKING:
     import httpcore
+    import spnego
 
+    from ._auth import NegotiateAuth, NTLMAuth, _SpnegoAuth
     from ._http11 import ResponseHead
+
+    #: What ``proxy_auth=`` and ``Proxy(auth=...)`` accept.
+    ProxyAuthTypes: typing.TypeAlias = (
+        NTLMAuth | NegotiateAuth | httpx.BasicAuth | httpx.DigestAuth | tuple[str, str]
+    )
+    _AnyAuth: typing.TypeAlias = "_SpnegoAuth | httpx.BasicAuth | _Digest"
+
+# The auth module (pyspnego and its crypto stack) is imported only when an NTLM/Negotiate
+# handshake is needed: `import httpx_extensions` must not load it (tests/test_imports.py).
+# An object can only be an NTLMAuth or NegotiateAuth once that module has been imported.
+_AUTH_MODULE = __name__.rpartition(".")[0] + "._auth"
+
+
+def _is_spnego(auth: object) -> typing.TypeGuard[_SpnegoAuth]:
+    module = sys.modules.get(_AUTH_MODULE)
+    return module is not None and isinstance(auth, module._SpnegoAuth)
+
+
+def _auth_module() -> typing.Any:
+    return importlib.import_module(_AUTH_MODULE)
+
 
 __all__ = ["Channel", "Proxy", "ProxyAuthTypes", "ProxyAuthenticator", "check_proxy_auth"]
 
 logger = logging.getLogger("httpx_extensions.auth")
-
-#: What ``proxy_auth=`` and ``Proxy(auth=...)`` accept.
-ProxyAuthTypes: typing.TypeAlias = (
-    NTLMAuth | NegotiateAuth | httpx.BasicAuth | httpx.DigestAuth | tuple[str, str]
-)
 
 _ACCEPTED = (
     "NTLMAuth(user, password), NegotiateAuth(...), httpx.BasicAuth(user, password), "
@@ -75,8 +93,8 @@ def check_proxy_auth(auth: object, name: str = "proxy_auth") -> ProxyAuthTypes |
     """``auth`` when it is something a proxy can be answered with; TypeError otherwise."""
     if auth is None:
         return None
-    if isinstance(auth, (NTLMAuth, NegotiateAuth, httpx.BasicAuth, httpx.DigestAuth)):
-        return auth
+    if _is_spnego(auth) or isinstance(auth, (httpx.BasicAuth, httpx.DigestAuth)):
+        return auth  # type: ignore[return-value]
     if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(part, str) for part in auth):
         return (auth[0], auth[1])
     raise TypeError(f"{name} must be {_ACCEPTED}, not {type(auth).__name__}")
@@ -328,9 +346,6 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-_AnyAuth: typing.TypeAlias = _SpnegoAuth | httpx.BasicAuth | _Digest
-
-
 @dataclasses.dataclass(frozen=True)
 class _Method:
     """A scheme chosen for a proxy: how to answer it."""
@@ -401,7 +416,7 @@ class ProxyAuthenticator:
 
     def _choose(self, offered: dict[str, str]) -> _Method | None:
         auth = self._auth
-        if isinstance(auth, _SpnegoAuth):
+        if _is_spnego(auth):
             return _spnego_method(auth, offered)
         if isinstance(auth, httpx.BasicAuth):
             return _Method("basic", "Basic", None, auth) if "basic" in offered else None
@@ -421,7 +436,7 @@ class ProxyAuthenticator:
             if made is None:
                 made = self._anyauth[key] = _for_scheme(key, auth)
             method: _Method | None
-            if isinstance(made, _SpnegoAuth):
+            if _is_spnego(made):
                 method = _spnego_method(made, {key: offered[key]})
             else:
                 method = _Method(key, key.capitalize(), None, made)
@@ -464,7 +479,8 @@ class ProxyAuthenticator:
             if head.status != 407:
                 await leg.finished(head)
                 if trace is not None and leg.context is not None:
-                    trace.append({"event": "done", "mechanism": _mechanism(leg.context)})
+                    mechanism = _auth_module()._mechanism(leg.context)
+                    trace.append({"event": "done", "mechanism": mechanism})
                 return head
             if trace is not None and not leg.sent:
                 trace.append({"event": "offered", "schemes": [_display(k) for k in offered]})
@@ -566,12 +582,12 @@ class _Handshake:
         self.context = None
         self.intermediate = self.mid_handshake = False
         auth = method.auth
-        if isinstance(auth, _SpnegoAuth):
+        if _is_spnego(auth):
             assert method.protocol is not None
             bindings = None
             if auth._channel_binding:
                 # An https:// proxy: bound to the proxy's certificate (None over plain TCP).
-                bindings = _channel_bindings(
+                bindings = _auth_module()._channel_bindings(
                     httpx.Response(200, extensions={"network_stream": self.channel.network_stream})
                 )
             request = self._request()
@@ -581,7 +597,7 @@ class _Handshake:
             except httpx.HTTPError as exc:
                 raise self.owner._error({}, "provider", str(exc)) from exc
             # NTLM's negotiate leg is always answered with a 407: do not upload the body.
-            self.intermediate = _is_ntlm(self.context)
+            self.intermediate = _auth_module()._is_ntlm(self.context)
             self.sent = True
             return _header(method.header, token)
         if isinstance(auth, _Digest):
@@ -613,7 +629,7 @@ class _Handshake:
             if self.context is not None and not self.context.complete:
                 in_token = _token(offered.get(method.key))
                 if in_token is not None:
-                    assert isinstance(method.auth, _SpnegoAuth)
+                    assert _is_spnego(method.auth)
                     try:
                         token = await method.auth._step(
                             self.context, in_token, method.header, self._request()
@@ -656,16 +672,16 @@ class _Handshake:
         in_token = _token(parse_challenges(head.headers).get(method.key))
         if in_token is not None and not self.context.complete:
             # Mutual authentication: the proxy's last token proves who it is.
-            assert isinstance(method.auth, _SpnegoAuth)
+            assert _is_spnego(method.auth)
             await method.auth._step(self.context, in_token, method.header, self._request())
         self.channel.authenticated = True
 
 
 def _for_scheme(key: str, creds: _Credentials) -> _AnyAuth:
     if key == "ntlm":
-        return NTLMAuth(creds.user, creds.password)
+        return typing.cast("_AnyAuth", _auth_module().NTLMAuth(creds.user, creds.password))
     if key in ("negotiate", "kerberos"):
-        return NegotiateAuth(creds.user, creds.password)
+        return typing.cast("_AnyAuth", _auth_module().NegotiateAuth(creds.user, creds.password))
     if key == "digest":
         return _Digest(creds.user, creds.password)
     return httpx.BasicAuth(creds.user, creds.password)
@@ -692,7 +708,7 @@ def _exchange_record(
 
 
 def _identity(auth: object) -> Hashable:
-    if isinstance(auth, _SpnegoAuth):
+    if _is_spnego(auth):
         return auth._partition
     if isinstance(auth, _Credentials):
         digest = hashlib.sha256(auth.password.encode("utf-8")).hexdigest()[:16]

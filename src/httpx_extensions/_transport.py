@@ -30,9 +30,12 @@ from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from ._http11 import HTTP11Connection, ResponseHead, _Once
 from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str
-from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, ProxyAuthTypes, check_proxy_auth
+from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, check_proxy_auth
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
+
+if typing.TYPE_CHECKING:
+    from ._proxy_auth import ProxyAuthTypes
 
 logger = logging.getLogger("httpx_extensions.pool")
 
