@@ -335,9 +335,12 @@ class _Waiter:
             self._event.set()
 
     async def wait(
-        self, deadline: float | None, keeper: Callable[[asyncio.AbstractEventLoop], Deadlines]
+        self,
+        deadline: float | None,
+        keeper: Callable[[asyncio.AbstractEventLoop], Deadlines],
+        clock: Callable[[], float],
     ) -> None:
-        """Wait until woken; raises TimeoutError at ``deadline`` (``time.monotonic()``).
+        """Wait until woken; raises TimeoutError at ``deadline`` (a ``clock()`` reading).
 
         ``keeper`` gives the :class:`Deadlines` that keeps the timeout on an asyncio loop.
         """
@@ -347,7 +350,7 @@ class _Waiter:
                 await future
                 return
             loop = future.get_loop()
-            at = loop.time() + max(deadline - time.monotonic(), 0)
+            at = loop.time() + max(deadline - clock(), 0)
             deadlines = keeper(loop)
             deadlines.add(future, at, TimeoutError)
             try:
@@ -359,7 +362,7 @@ class _Waiter:
         if deadline is None:
             await self._event.wait()
         else:
-            with anyio.fail_after(max(deadline - time.monotonic(), 0)):
+            with anyio.fail_after(max(deadline - clock(), 0)):
                 await self._event.wait()
 
 
@@ -390,6 +393,8 @@ class ConnectionPool:
         max_connections: Upper bound on open connections, RESERVED ones included.
         max_keepalive_connections: Upper bound on IDLE connections.
         keepalive_expiry: Seconds an IDLE connection may stay open.
+        clock: Where the pool reads the time (seconds, monotonic): keep-alive expiry of
+            idle connections and the pool timeout's deadline. Tests pass a fake clock.
     """
 
     def __init__(
@@ -399,8 +404,10 @@ class ConnectionPool:
         max_connections: int | None = 100,
         max_keepalive_connections: int | None = 20,
         keepalive_expiry: float | None = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
+        self._clock = clock
         self._max_connections = max_connections
         self._max_keepalive = max_keepalive_connections
         self._keepalive_expiry = keepalive_expiry
@@ -451,7 +458,7 @@ class ConnectionPool:
             raise PoolClosed("The connection pool was closed; open a new client to send requests.")
         key: PoolKey = (origin.scheme, origin.host, origin.port, partition)
         flow = current_flow.get()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         to_close: list[ConnectionLike] = []
 
         conn: PooledConnection | None = None
@@ -614,7 +621,7 @@ class ConnectionPool:
 
     async def _wait(self, waiter: _Waiter, deadline: float | None) -> PooledConnection | None:
         try:
-            await waiter.wait(deadline, self._deadlines_on)
+            await waiter.wait(deadline, self._deadlines_on, self._clock)
         except BaseException as exc:
             if waiter.woken:
                 # Handed a connection just as we gave up: put it back.
@@ -731,7 +738,7 @@ class ConnectionPool:
                 self._drop(conn, to_close)
                 self._hand(waiter, self._new(waiter.origin, waiter.key, waiter.flow))
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = self._clock()
         stack = self._idle.get(conn.key)
         if stack is None:
             stack = self._idle[conn.key] = OrderedDict()
@@ -780,7 +787,7 @@ class ConnectionPool:
         # have outlived the keep-alive expiry.
         if self._keepalive_expiry is None or not self._idle_by_age:
             return
-        limit = time.monotonic() - self._keepalive_expiry
+        limit = self._clock() - self._keepalive_expiry
         while self._idle_by_age:
             oldest = next(iter(self._idle_by_age))
             if oldest.idle_since > limit:
