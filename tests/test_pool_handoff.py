@@ -91,7 +91,7 @@ async def test_pool_freed_capacity_goes_to_the_oldest_waiters_first() -> None:
             await q.join(tg, name, origin)
         # One at a time: trio shuffles the order in which woken tasks run.
         served = (["b-oldest"], ["b-oldest", "c-next"])
-        for conn, fake, expected in zip(held, h.opened, served, strict=True):
+        for conn, fake, expected in zip(held, h.opened[:2], served, strict=True):
             fake.idle = False  # e.g. the response was not read to the end
             await h.pool.release(conn)
             await q.settle()
