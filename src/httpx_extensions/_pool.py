@@ -662,7 +662,7 @@ class ConnectionPool:
         except BaseException:  # asyncio's task.cancel() pierces anyio's shield
             if conn is not None:
                 await self._give_back(conn)
-            elif waiter is not None:
+            elif waiter is not None:  # pragma: no branch - acquire() passes one of the two
                 self._forget(waiter)
             raise
 
@@ -708,7 +708,9 @@ class ConnectionPool:
 
     def _free(self, conn: PooledConnection, to_close: list[ConnectionLike]) -> None:
         """An ACTIVE or RESERVED connection is free for anyone: hand it on or park it."""
-        if self._closed:
+        # aclose() closes every reservation in the synchronous step that sets _closed, and
+        # release_nowait() checks _closed before it calls us.
+        if self._closed:  # pragma: no cover - unreachable, see above
             self._drop(conn, to_close)
             return
         if (
