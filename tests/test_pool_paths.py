@@ -368,3 +368,50 @@ async def test_pool_native_cancel_while_closing_after_being_handed_a_connection(
     await h.pool.release(got[0])
     flow.end()
     assert ConnectionState.ACTIVE not in h.states()
+
+
+async def test_pool_connection_info_counts_requests_and_shows_the_partition() -> None:
+    h = Harness()
+    conn = await h.acquire(partition="alice")
+    assert conn.partition == "alice"
+    await h.pool.release(conn)
+    again = await h.acquire(partition="alice")
+    assert again.conn_id == conn.conn_id
+    [info] = h.pool.connections
+    assert (info.partition, info.requests, info.origin) == ("alice", 2, "http://a.test:80")
+    assert f"conn_id={conn.conn_id} [http://a.test:80, ACTIVE, partition='alice', requests=2]" in (
+        repr(again)
+    )
+    await h.pool.release(again)
+    anonymous = await h.acquire()
+    assert repr(anonymous).endswith("[http://a.test:80, ACTIVE, requests=1]>")
+    assert h.pool.connections[1].partition is None
+
+
+@pytest.mark.parametrize("take_back", ["pick", "pin"])
+async def test_pool_flow_evicts_its_other_reservation_after_taking_one_back(
+    take_back: str,
+) -> None:
+    # The flow took its A reservation back (by a pick or a pin), so it holds nothing for A,
+    # and B is reserved: a request for C in the full pool must evict B, not wait for a
+    # reservation that the flow no longer holds.
+    h = Harness(max_connections=2)
+    with InFlow() as flow:
+        a = await h.acquire(A)
+        await h.pool.release(a)
+        pin = {"pin": a.conn_id} if take_back == "pin" else {}
+        a_again = await h.acquire(A, **pin)
+        assert a_again.conn_id == a.conn_id
+        b = await h.acquire(B)
+        await h.pool.release(b)
+        assert "1 reserved" in repr(flow)
+        c = await h.acquire(C_ORIGIN, timeout=5)
+        assert c.origin == C_ORIGIN
+        assert h.opened[1].closed  # B, the flow's own reservation, made room
+        await h.pool.release(c)
+        await h.pool.release(a_again)
+    flow.end()
+    assert ConnectionState.ACTIVE not in h.states()
+
+
+C_ORIGIN = httpcore.Origin(b"http", b"c.test", 80)
