@@ -12,7 +12,7 @@ import anyio
 import httpcore
 import pytest
 
-from httpx_extensions import ConnectionState, PoolClosed
+from httpx_extensions import ConnectionState, PoolClosed, PoolTimeout
 from httpx_extensions._pool import ConnectionPool, Flow, PooledConnection, close_all, current_flow
 
 from .test_pool import REQUEST, A, B, FakeConnection, Harness
@@ -415,3 +415,41 @@ async def test_pool_flow_evicts_its_other_reservation_after_taking_one_back(
 
 
 C_ORIGIN = httpcore.Origin(b"http", b"c.test", 80)
+
+
+async def test_pool_timeout_already_past_fires_before_a_later_release() -> None:
+    # The pool clock says the deadline has passed by the time the request queues: it must
+    # fail at once, not after some grace, so a release 0.5 s later does not reach it.
+    readings = iter([0.0, 10.0])
+    h = Harness(max_connections=1, clock=lambda: next(readings, 10.0))
+    held = await h.acquire()
+    events: list[str] = []
+
+    async def release_later() -> None:
+        await anyio.sleep(0.5)
+        events.append("released")
+        await h.pool.release(held)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_later)
+        with pytest.raises(PoolTimeout):
+            await h.acquire(timeout=1.0)
+        events.append("timed out")
+    assert events == ["timed out", "released"]
+    assert h.pool.waiting == 0
+
+
+def test_pool_used_from_two_event_loops_in_turn_keeps_its_timeouts() -> None:
+    # The shared timer of pool timeouts belongs to one loop: a pool used again under a new
+    # loop (asyncio.run twice, as scripts do) must not arm it on the closed one.
+    h = Harness(max_connections=1)
+
+    async def one_timeout() -> None:
+        held = await h.acquire()
+        with pytest.raises(PoolTimeout):
+            await h.acquire(timeout=0.01)
+        await h.pool.release(held)
+
+    asyncio.run(one_timeout())
+    asyncio.run(one_timeout())
+    assert h.states() == [ConnectionState.IDLE]
