@@ -309,25 +309,6 @@ async def test_auth_current_user_from_ntlm_user_file(user_file: Path) -> None:
             assert response.json()["user"] == "EXAMPLE\\alice"  # the file's first entry
 
 
-async def test_auth_wrong_channel_binding_is_rejected(
-    iis_https: IISLikeServer,
-    client_ssl_context: ssl.SSLContext,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from spnego.channel_bindings import GssChannelBindings
-
-    from httpx_extensions import _auth
-
-    def other_certificate(response: httpx.Response) -> GssChannelBindings:
-        return GssChannelBindings(application_data=b"tls-server-end-point:" + b"\x01" * 32)
-
-    monkeypatch.setattr(_auth, "_channel_bindings", other_certificate)
-    async with ExClient(verify=client_ssl_context) as client:
-        response = await client.get(iis_https.url + "/", auth=NTLMAuth(*ALICE))
-        assert response.status_code == 401
-        assert [r.channel_binding for r in iis_https.log if r.ntlm_message == 3] == ["mismatch"]
-
-
 async def test_auth_cookie_set_by_a_challenge_goes_with_the_next_leg(user_file: Path) -> None:
     # IIS ARR / F5 cookie affinity: each 401 sets the cookie of the server holding the
     # handshake, and the next leg must send it back. httpx builds the Cookie header once per

@@ -77,7 +77,9 @@ async def test_client_pin_honoured(server: LoopbackServer) -> None:
         ]
         assert {r.extensions[CONN_ID] for r in pinned} == {first.extensions[CONN_ID]}
         assert {conn_seq(r) for r in pinned} == {conn_seq(first)}
-        assert others
+        # Without the pin the pool had other idle connections to choose from.
+        assert [r.status_code for r in others] == [200] * 5
+        assert {r.extensions[CONN_ID] for r in others} - {first.extensions[CONN_ID]}
         assert_pool_clean(client)
 
 
@@ -96,8 +98,9 @@ async def test_client_pin_to_busy_connection_waits(server: LoopbackServer) -> No
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(pinned)
-            await anyio.sleep(0.2)
+            await anyio.wait_all_tasks_blocked()
             assert not done.is_set(), "the pinned request did not wait for its busy connection"
+            assert client._transport.pool.waiting == 1
             await busy.aread()
             await busy.aclose()
         assert result[0].extensions[CONN_ID] == conn_id
@@ -182,15 +185,21 @@ async def test_client_queueing_two_connections_three_flows(server: LoopbackServe
     # Two flows ran their 3 legs each on their own connection; the third flow's request came
     # only after a whole flow had finished on that connection, with no interleaving.
     finals = sorted((r for r in log if r.status == 200), key=lambda r: r.finished)
-    first_two_done = finals[1].finished
     legs = sorted(log, key=lambda r: r.started)
     assert [r.status for r in legs[:6]].count(200) == 2
     third_flow_start = legs[6].started
     assert third_flow_start >= finals[0].finished
-    for records in by_conn.values():
-        statuses = [r.status for r in sorted(records, key=lambda r: r.started)]
-        assert statuses[:3] == [401, 401, 200]
-    assert first_two_done >= finals[0].finished
+    per_conn = sorted(
+        (sorted(records, key=lambda r: r.started) for records in by_conn.values()), key=len
+    )
+    # The connection that carried two flows was authenticated by the first: the second is
+    # one request, and it began only after the first had finished (its 200 was written).
+    assert [[r.status for r in records] for records in per_conn] == [
+        [401, 401, 200],
+        [401, 401, 200, 200],
+    ]
+    shared = per_conn[1]
+    assert shared[3].started >= shared[2].finished
     assert server.connections_opened == 2
 
 
@@ -347,32 +356,38 @@ async def test_client_pool_timeouts_of_different_lengths_each_fire_on_time(
 ) -> None:
     # Queued requests share one timer per pool: a short timeout queued behind a long one
     # fires on time, and the long one is not failed when the short one's deadline passes.
+    # Ordered by events, not measured: the short one fails while the long one still waits
+    # (so its timer did not wait for the long deadline, and did not take the long one along).
     outcomes: dict[str, object] = {}
+    short_failed = anyio.Event()
 
     async def queued(name: str, pool: float) -> None:
-        started = time.monotonic()
         try:
             response = await client.get(server.url + "/", timeout=httpx.Timeout(5, pool=pool))
             outcomes[name] = response.status_code
         except PoolTimeout:
-            outcomes[name] = ("PoolTimeout", time.monotonic() - started)
+            outcomes[name] = "PoolTimeout"
+            short_failed.set()
 
     async with ExClient(limits=httpx.Limits(max_connections=1)) as client:
+        pool = client._transport.pool
         # Leaving the block closes the streamed response first (the long one gets its
         # connection), then waits for both queued requests.
         async with (
             anyio.create_task_group() as tg,
             client.stream("GET", server.url + "/stream?chunks=2&size=1"),
         ):
-            tg.start_soon(queued, "long", 3.0)
-            await anyio.sleep(0.05)
+            tg.start_soon(queued, "long", 60.0)
+            await anyio.wait_all_tasks_blocked()
+            assert pool.waiting == 1
             tg.start_soon(queued, "short", 0.2)
-            await anyio.sleep(0.6)  # the short one has timed out; the long one waits on
+            # A hang guard only: the short timeout, fired at the long one's deadline, would
+            # take 60 s.
+            with anyio.fail_after(30):
+                await short_failed.wait()
+            assert outcomes == {"short": "PoolTimeout"}  # the long one waits on
+            assert pool.waiting == 1
         assert outcomes["long"] == 200
-        short = outcomes["short"]
-        assert isinstance(short, tuple)
-        assert short[0] == "PoolTimeout"
-        assert 0.15 < short[1] < 0.55
         assert_pool_clean(client)
         assert client._transport.pool.waiting == 0
 

@@ -11,6 +11,9 @@ The convention (docs/cli.md follows it too):
   connection), at ``localhost``. The HTTPS one uses a certificate from a test CA, which the
   examples trust through ``SSL_CERT_FILE`` (httpx reads it with ``trust_env=True``, the
   default), and requires channel binding.
+- ``http://proxy.example.com:3128`` becomes the URL of the suite's loopback proxy
+  (``tests/servers/proxy.py``: CONNECT tunnels and forward proxying, to loopback only). A
+  file whose examples name it must send at least one request through it.
   Credentials in examples are ``EXAMPLE\\demo`` / ``Demo-Passw0rd``. Where Kerberos can run, a
   loopback KDC (realm ``EXAMPLE.COM``) knows ``demo@EXAMPLE.COM`` with the same password and
   a ticket for it is in the default ccache, so ``NegotiateAuth()`` signs on with Kerberos.
@@ -55,7 +58,7 @@ from urllib.parse import urlsplit
 import pytest
 import trustme
 
-from .servers import IISLikeServer, write_user_file
+from .servers import IISLikeServer, LoopbackProxy, write_user_file
 from .servers.kdc import LoopbackKDC, kerberos_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +74,7 @@ _OPTION = re.compile(r'\s*(?P<key>[a-z]+)(?:=(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\
 _PLACEHOLDER = re.compile(
     r"(?P<scheme>https?)://intranet\.example\.com(?::(?P<port>443|80)\b)?(?![\w.:-])"
 )
+_PROXY_PLACEHOLDER = re.compile(r"http://proxy\.example\.com:3128(?![\w.:-])")
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"`<>(){}\\,]*")
 _CLI_PREFIXES = (("httpx-extensions",), ("python", "-m", "httpx_extensions"))
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -250,6 +254,8 @@ def substitute(text: str, urls: dict[str, str]) -> str:
             return match.group()  # another port: left for the off-machine check to report
         return urls[match["scheme"]]
 
+    if "proxy" in urls:
+        text = _PROXY_PLACEHOLDER.sub(urls["proxy"], text)
     return _PLACEHOLDER.sub(origin, text)
 
 
@@ -304,8 +310,16 @@ def kdc() -> Iterator[LoopbackKDC | None]:
 
 
 @pytest.fixture
-def intranet(kdc: LoopbackKDC | None, user_file: Path, ca: trustme.CA) -> Iterator[dict[str, str]]:
-    """The placeholder origins, mapped to fresh loopback servers (HTTP and HTTPS)."""
+def doc_proxy() -> Iterator[LoopbackProxy]:
+    with LoopbackProxy() as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def intranet(
+    kdc: LoopbackKDC | None, user_file: Path, ca: trustme.CA, doc_proxy: LoopbackProxy
+) -> Iterator[dict[str, str]]:
+    """The placeholder origins, mapped to fresh loopback servers (HTTP, HTTPS, the proxy)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
     with (
@@ -315,7 +329,11 @@ def intranet(kdc: LoopbackKDC | None, user_file: Path, ca: trustme.CA) -> Iterat
         ) as tls,
     ):
         # "localhost": the name the KDC has a service principal for (HTTP/localhost).
-        yield {"http": f"http://localhost:{http.port}", "https": f"https://localhost:{tls.port}"}
+        yield {
+            "http": f"http://localhost:{http.port}",
+            "https": f"https://localhost:{tls.port}",
+            "proxy": doc_proxy.url,
+        }
         assert http.errors == []
         assert tls.errors == []
 
@@ -404,7 +422,9 @@ def _run_console(block: Block, urls: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=_rel)
-def test_doc_examples(doc: Path, intranet: dict[str, str], sandbox: None) -> None:
+def test_doc_examples(
+    doc: Path, intranet: dict[str, str], sandbox: None, doc_proxy: LoopbackProxy
+) -> None:
     try:
         blocks = [block for block in parse(doc) if block.runs]
     except DocFormatError as exc:
@@ -449,6 +469,9 @@ def test_doc_examples(doc: Path, intranet: dict[str, str], sandbox: None) -> Non
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    if any(_PROXY_PLACEHOLDER.search(block.code) for block in runnable):
+        used = doc_proxy.connect_requests + doc_proxy.forwarded_requests
+        assert used, f"{_rel(doc)}: an example names the proxy but nothing went through it"
 
 
 @pytest.mark.parametrize(("block", "reason"), _skipped_blocks())

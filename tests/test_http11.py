@@ -906,10 +906,8 @@ async def test_http11_server_never_answers_read_timeout(
 ) -> None:
     server = serve([HANG])
     async with client(timeout=httpx.Timeout(0.2)) as c:
-        started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             await c.get(server.url)
-        assert 0.15 < time.monotonic() - started < 2.0
         assert c.connections == []
         assert_pool_clean(c)
     server.wait_finished(1)  # the client closed the connection
@@ -936,10 +934,10 @@ async def test_http11_shorter_timeout_after_a_longer_one_on_the_same_connection(
     server = serve(reply(b"one"), [HANG])
     async with client(timeout=httpx.Timeout(30.0)) as c:
         assert (await c.get(server.url)).text == "one"
-        started = time.monotonic()
-        with pytest.raises(httpx.ReadTimeout):
+        # Fired at the earlier request's deadline, it would be 30 s: the guard (TimeoutError,
+        # not ReadTimeout) catches that without bounding how fast a loaded machine is.
+        with anyio.fail_after(20), pytest.raises(httpx.ReadTimeout):
             await c.get(server.url, timeout=0.2)
-        assert 0.15 < time.monotonic() - started < 2.0
         assert_pool_clean(c)
 
 
@@ -995,7 +993,7 @@ async def test_http11_read_and_streamed_responses_agree(
         assert read.num_bytes_downloaded == len(raw)
         assert read.is_stream_consumed
         assert read.is_closed
-        assert read.elapsed.total_seconds() >= 0
+        assert read.elapsed.total_seconds() > 0  # set when the body was read, not left at 0
         assert [info.state for info in c.connections] == [ConnectionState.IDLE]  # given back
         async with c.stream("GET", server.url) as streamed:
             assert not streamed.is_closed

@@ -16,7 +16,6 @@ import os
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -720,19 +719,16 @@ def test_two_thousand_authenticated_requests_at_concurrency_50(iis: IISLikeServe
         except BaseException as exc:
             failures.append(exc)
 
-    started = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(50)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
     assert failures == []
     assert iis.connections_opened == 50
     assert iis.handshakes_completed == 50
     assert iis.requests_total == 50 * (per_connection + 1)
     assert sum(r.status == 200 for r in iis.log) == 2000
-    assert elapsed < 30  # about 2 s on a laptop; only catches pathological slowness
 
 
 @pytest.mark.anyio

@@ -50,7 +50,7 @@ class FakeConnection:
 
 
 class Harness:
-    def __init__(self, **limits: int | float | None) -> None:
+    def __init__(self, **limits: object) -> None:
         self.opened: list[FakeConnection] = []
         self.fail_next_connect = False
         self.pool = ConnectionPool(self.connect, **limits)  # type: ignore[arg-type]
@@ -113,14 +113,14 @@ async def test_pool_waiters_are_served_fifo_one_per_freed_connection() -> None:
     async with anyio.create_task_group() as tg:
         for i in range(3):
             tg.start_soon(wait, i)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()
         assert h.pool.waiting == 3
         await h.pool.release(held)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         assert order == [0]  # exactly one woken
         assert h.pool.waiting == 2
         await h.pool.release(got[0])
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         await h.pool.release(got[1])
     await h.pool.release(got[2])
     assert order == [0, 1, 2]
@@ -138,7 +138,7 @@ async def test_pool_oldest_waiter_for_another_origin_gets_the_slot() -> None:
             results.append(await h.acquire(B))
 
         tg.start_soon(want_b)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         await h.pool.release(held)
     assert results[0].origin == B
     assert h.opened[0].closed  # A was closed to make room
@@ -166,10 +166,11 @@ async def test_pool_max_keepalive_bounds_idle_connections() -> None:
 
 
 async def test_pool_keepalive_expiry_closes_old_idle_connections() -> None:
-    h = Harness(keepalive_expiry=0.05)
+    now = [0.0]
+    h = Harness(keepalive_expiry=0.05, clock=lambda: now[0])
     old = await h.acquire()
     await h.pool.release(old)
-    await anyio.sleep(0.1)
+    now[0] += 0.1  # the pool's clock, not a sleep
     fresh = await h.acquire(B)  # any acquire sweeps the oldest idle connection
     assert h.opened[0].closed
     assert fresh.conn_id != old.conn_id
@@ -247,7 +248,7 @@ async def test_pool_pin_waits_for_a_reservation_of_another_flow() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(pinned)
-        await anyio.sleep(0.02)
+        await anyio.wait_all_tasks_blocked()
         assert got == []
         assert flow.end() == []  # frees the reservation: the pinned waiter gets it
     assert got[0].conn_id == conn.conn_id
@@ -266,7 +267,7 @@ async def test_pool_pin_falls_back_when_its_connection_closes_meanwhile(
     with caplog.at_level(logging.WARNING, logger="httpx_extensions"):
         async with anyio.create_task_group() as tg:
             tg.start_soon(pinned)
-            await anyio.sleep(0.01)
+            await anyio.wait_all_tasks_blocked()
             h.opened[0].idle = False
             await h.pool.release(busy)  # closed, not reusable
     assert got[0].conn_id != busy.conn_id
@@ -307,7 +308,7 @@ async def test_pool_close_fails_waiters_and_later_requests() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(h.acquire_until_closed, errors)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         await h.pool.aclose()
     assert len(errors) == 1
     assert h.opened[0].closed
@@ -338,7 +339,7 @@ async def test_pool_native_asyncio_cancel_during_an_eviction_close_gives_the_slo
     idle = await h.acquire(A)
     await h.pool.release(idle)
     task = asyncio.ensure_future(h.acquire(B))  # evicts A (a slow close), takes the slot for B
-    await asyncio.sleep(0.01)
+    await anyio.wait_all_tasks_blocked()
     task.cancel()  # asyncio's own cancel goes through anyio's shield
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -360,7 +361,7 @@ async def test_pool_reservation_closed_by_the_server_is_not_handed_to_a_waiter()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         h.opened[0].expired = True  # the server closed it while the flow held it
         for _pool, conns in flow.end():
             await close_all(conns)
@@ -376,7 +377,7 @@ async def test_pool_close_while_a_waiter_is_being_handed_a_connection() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(h.acquire_until_closed, errors)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         await h.pool.release(held)  # handed to the waiter, which has not run yet
         await h.pool.aclose()
     assert len(errors) == 1
