@@ -9,7 +9,7 @@ import anyio.lowlevel
 import httpcore
 import pytest
 
-from httpx_extensions import ConnectionState, PoolClosed, PoolTimeout
+from httpx_extensions import ConnectionState, PoolClosed, PoolTimeout, _pool
 from httpx_extensions._pool import ConnectionPool, Flow, PooledConnection, current_flow
 
 from .test_pool import REQUEST, A, B, FakeConnection, Harness
@@ -109,9 +109,13 @@ async def test_pool_freed_capacity_goes_to_the_oldest_waiters_first() -> None:
     assert ConnectionState.ACTIVE not in h.states()
 
 
-async def test_pool_oldest_waiter_of_another_key_gets_the_slot_before_a_newer_same_key_one() -> (
-    None
-):
+async def test_pool_oldest_waiter_of_another_key_gets_the_slot_once_bypasses_are_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no bypass left (MAX_BYPASSES=0), strict FIFO across keys: the freed A connection
+    # is closed to make room for B, which has waited longest. (With bypasses left, the
+    # younger A waiter goes first: tests/test_pool_partition_handoff.py.)
+    monkeypatch.setattr(_pool, "MAX_BYPASSES", 0)
     h = Harness(max_connections=1)
     held = await h.acquire(A)
     q = Queue(h)
@@ -127,6 +131,23 @@ async def test_pool_oldest_waiter_of_another_key_gets_the_slot_before_a_newer_sa
     assert q.order == ["wants-b", "wants-a"]
     assert q.got["wants-a"].origin == A
     await h.pool.release(q.got["wants-a"])
+
+
+async def test_pool_younger_waiter_of_the_freed_key_goes_before_an_older_other_key() -> None:
+    h = Harness(max_connections=1)
+    held = await h.acquire(A)
+    q = Queue(h)
+    async with anyio.create_task_group() as tg:
+        await q.join(tg, "wants-b", B)
+        await q.join(tg, "wants-a", A)
+        await h.pool.release(held)
+        await q.settle()
+        assert q.order == ["wants-a"]
+        assert q.got["wants-a"].conn_id == held.conn_id  # reused, not reopened
+        await h.pool.release(q.got["wants-a"])
+    assert q.order == ["wants-a", "wants-b"]
+    assert len(h.opened) == 2
+    await h.pool.release(q.got["wants-b"])
 
 
 async def test_pool_freed_reservation_goes_to_the_oldest_waiter() -> None:

@@ -328,11 +328,6 @@ async def test_pool_native_cancel_of_a_waiter_just_handed_a_connection_gives_it_
     assert (await h.acquire()).conn_id == held.conn_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak, left for the pool's owner: _close_or_undo() forgets a waiter that was "
-    "handed a connection during the close; it should give that connection back",
-)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_pool_native_cancel_while_closing_after_being_handed_a_connection() -> None:
     # As above, but while the expired pin closes, the held connection is released and

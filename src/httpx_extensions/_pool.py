@@ -716,7 +716,11 @@ class ConnectionPool:
             if conn is not None:
                 await self._give_back(conn)
             elif waiter is not None:  # pragma: no branch - acquire() passes one of the two
-                self._forget(waiter)
+                if waiter.woken and waiter.conn is not None:
+                    # Handed a connection (or a slot) while the close ran: give it back.
+                    await self._give_back(waiter.conn)
+                else:
+                    self._forget(waiter)
             raise
 
     async def _give_back(self, conn: PooledConnection) -> None:
