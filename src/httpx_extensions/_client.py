@@ -20,6 +20,7 @@ import ssl
 import time
 import typing
 from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar
 
 import httpx
 from httpx._client import (
@@ -73,6 +74,15 @@ class _Cookies(httpx.Cookies):
             if "set-cookie" not in headers and "set-cookie2" not in headers:
                 return
         super().extract_cookies(response)
+
+    def __bool__(self) -> bool:
+        # Asked on every request (is there anything to merge?). httpx's iterates the jar,
+        # two generators deep, to find out; an empty stock jar's dict of domains says so.
+        # A dict that is not empty may still hold no cookie (cleared paths): ask httpx.
+        jar = self.jar
+        if type(jar) is CookieJar and not jar._cookies:  # type: ignore[attr-defined]
+            return False
+        return super().__bool__()
 
 
 # Subclasses that override httpx's merge hooks get httpx's build_request (the fast path
@@ -336,14 +346,19 @@ class ExClient(httpx.AsyncClient):
         except httpx.RequestError as exc:
             exc.request = request
             raise
-        response.request = request
-        stream = response.stream
-        if type(stream) is _ResponseStream:
-            stream.time(response, started)
+        if type(response) is _Response:
+            # Ours, as the transport made it: its stream is the pool's _ResponseStream, and
+            # it knows whether its head had a Set-Cookie header.
+            response._request = request  # the setter's work, without the call
+            response.stream.time(response, started)  # type: ignore[union-attr]
+            if response.sets_cookies:
+                self.cookies.extract_cookies(response)
         else:  # respx-mocked: httpx's wrapper
+            response.request = request
+            stream = response.stream
             assert isinstance(stream, httpx.AsyncByteStream)
             response.stream = BoundAsyncStream(stream, response=response, start=started)
-        self.cookies.extract_cookies(response)
+            self.cookies.extract_cookies(response)
         response.default_encoding = self._default_encoding
         if _httpx_logger.isEnabledFor(logging.INFO):
             _httpx_logger.info(
@@ -411,6 +426,12 @@ class ExClient(httpx.AsyncClient):
                         )
                     else:
                         response.next_request = next_request
+                else:
+                    # This response is the last of the flow: end it now, so that reading
+                    # the body frees the connection at once instead of reserving it to a
+                    # flow that makes no further request (the same end state, less work).
+                    for _pool, conns in flow.end():
+                        await close_all(conns)
                 if not stream:
                     await response.aread()
             except BaseException:
