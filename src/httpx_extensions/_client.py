@@ -86,15 +86,14 @@ class _Cookies(httpx.Cookies):
 
 
 # Subclasses that override httpx's merge hooks get httpx's build_request (the fast path
-# does the same merging without calling them); filled in by ExClient.__init_subclass__.
-_BODYLESS_FAST_PATH: dict[type, bool] = {}
+# does the same merging without calling them); ExClient.__init_subclass__ sets
+# _bodyless_fast_path on each.
 _STOCK_MERGE_HOOKS = {
     name: getattr(BaseClient, name)  # where httpx defines them
     for name in ("_merge_url", "_merge_headers", "_merge_cookies", "_merge_queryparams")
 }
 # Likewise for send(): subclasses that override a step of httpx's send() that the fast path
-# leaves out get httpx's send(). Filled in by ExClient.__init_subclass__.
-_SEND_FAST_PATH: dict[type, bool] = {}
+# leaves out get httpx's send() (ExClient.__init_subclass__ sets _send_fast_path).
 _SEND_STEPS = (
     "_build_request_auth",
     "_send_handling_auth",
@@ -103,6 +102,8 @@ _SEND_STEPS = (
 )
 # The status codes httpx.Response.has_redirect_location looks for a Location header on.
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_CLOSED = ClientState.CLOSED
+_OPENED = ClientState.OPENED
 
 
 class ExClient(httpx.AsyncClient):
@@ -121,6 +122,10 @@ class ExClient(httpx.AsyncClient):
         UnsupportedConfiguration: for ``http2=True`` and for limits that would close a
             connection between the legs of a handshake (zero keep-alive).
     """
+
+    # Whether build_request() and send() may take their fast paths (see __init_subclass__).
+    _bodyless_fast_path = True
+    _send_fast_path = True
 
     def __init__(
         self,
@@ -172,10 +177,10 @@ class ExClient(httpx.AsyncClient):
 
     def __init_subclass__(cls, **kwargs: typing.Any) -> None:
         super().__init_subclass__(**kwargs)
-        _BODYLESS_FAST_PATH[cls] = all(
+        cls._bodyless_fast_path = all(
             getattr(cls, name) is stock for name, stock in _STOCK_MERGE_HOOKS.items()
         )
-        _SEND_FAST_PATH[cls] = all(
+        cls._send_fast_path = all(
             getattr(cls, name) is getattr(ExClient, name) for name in _SEND_STEPS
         )
 
@@ -206,7 +211,7 @@ class ExClient(httpx.AsyncClient):
         """Build a request, as ``httpx.AsyncClient.build_request`` does."""
         url = _parse_url(url) if type(url) is str else url
         if (
-            _BODYLESS_FAST_PATH.get(type(self), True)
+            self._bodyless_fast_path
             and content is None
             and data is None
             and files is None
@@ -247,7 +252,7 @@ class ExClient(httpx.AsyncClient):
         # tests/test_client.py compares the result with httpx's, attribute by attribute.
         if not isinstance(url, httpx.URL):
             url = httpx.URL(url)
-        if url.is_relative_url:
+        if not url.is_absolute_url:
             base = self.base_url
             url = base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
         if headers is None:
@@ -391,7 +396,7 @@ class ExClient(httpx.AsyncClient):
         token = current_flow.set(flow)
         try:
             if not (
-                _SEND_FAST_PATH.get(type(self), True)
+                self._send_fast_path
                 and (auth is None or (isinstance(auth, UseClientDefault) and self._auth is None))
                 and not self._event_hooks["request"]
                 and not self._event_hooks["response"]
@@ -407,9 +412,9 @@ class ExClient(httpx.AsyncClient):
             # about a sixth of the client's CPU per request; this is what they do in that
             # case, in the same order, with the same errors. A redirect is handed to
             # httpx's own redirect loop once this first response has been read.
-            if self._state == ClientState.CLOSED:
+            if self._state is _CLOSED:
                 raise RuntimeError("Cannot send a request, as the client has been closed.")
-            self._state = ClientState.OPENED
+            self._state = _OPENED
             if isinstance(follow_redirects, UseClientDefault):
                 follow_redirects = self.follow_redirects
             if "timeout" not in request.extensions:
@@ -440,8 +445,9 @@ class ExClient(httpx.AsyncClient):
             return response
         finally:
             current_flow.reset(token)
-            for _pool, conns in flow.end():
-                await close_all(conns)
+            if flow.live:  # (the fast path may have ended it already)
+                for _pool, conns in flow.end():
+                    await close_all(conns)
 
     # Introspection.
 
