@@ -133,7 +133,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._conn = conn
         self._closed = False
         self._iterator: typing.AsyncIterator[bytes] | None = None
-        self._timed: httpx.Response | None = None
+        self._timed: _Response | None = None
         self._started = 0.0
 
     @property
@@ -142,7 +142,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         stream = self._stream
         return stream if type(stream) is _Once else None
 
-    def time(self, response: httpx.Response, started: float) -> None:
+    def time(self, response: _Response, started: float) -> None:
         """Set ``response.elapsed`` on close, from ``started`` (``time.perf_counter()``).
 
         ExClient asks this instead of wrapping the stream in one more object for it, as
@@ -172,9 +172,11 @@ class _ResponseStream(httpx.AsyncByteStream):
         if self._closed:
             return
         self._closed = True
-        if self._timed is not None:
-            elapsed = time.perf_counter() - self._started
-            self._timed.elapsed = datetime.timedelta(seconds=elapsed)
+        timed = self._timed
+        if timed is not None:
+            # Seconds for now: _Response.elapsed makes the timedelta when asked, and most
+            # responses never are (a timedelta from a float was ~1% of a request's CPU).
+            timed._elapsed_seconds = time.perf_counter() - self._started
             self._timed = None  # no cycle left behind
         try:
             aclose = getattr(self._stream, "aclose", None)
@@ -203,6 +205,24 @@ class _Response(httpx.Response):
 
     #: False when the response came without Set-Cookie headers (ExClient's jar skips it).
     sets_cookies = True
+    #: Set by the stream on close; becomes ``elapsed`` when that is first read.
+    _elapsed_seconds: float
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        """The time taken from sending the request to closing the response.
+
+        As ``httpx.Response.elapsed`` (and a RuntimeError until the response is closed).
+        """
+        seconds = self.__dict__.pop("_elapsed_seconds", None)
+        if seconds is not None:
+            self._elapsed = datetime.timedelta(seconds=seconds)
+        return super().elapsed
+
+    @elapsed.setter
+    def elapsed(self, elapsed: datetime.timedelta) -> None:
+        self.__dict__.pop("_elapsed_seconds", None)
+        self._elapsed = elapsed
 
     @classmethod
     def from_pool(
