@@ -382,6 +382,31 @@ async def test_event_hooks_still_see_every_request_and_response(canned: CannedSe
         assert_pool_clean(client)
 
 
+async def test_a_request_hook_alone_still_runs(canned: CannedServer) -> None:
+    seen: list[str] = []
+
+    async def on_request(request: httpx.Request) -> None:
+        seen.append(str(request.url))
+
+    async with ExClient(base_url=canned.url, event_hooks={"request": [on_request]}) as client:
+        await client.get("/plain")
+    assert seen == [canned.url + "/plain"]
+
+
+async def test_hand_built_request_gets_the_client_timeout_as_httpx(canned: CannedServer) -> None:
+    # A request made without build_request has no timeout extension; send() adds the client's.
+    timeout = httpx.Timeout(5.0, read=0.005)
+    extensions = []
+    for cls in (httpx.AsyncClient, ExClient):
+        async with cls(timeout=timeout) as client:
+            request = httpx.Request("GET", canned.url + "/plain")
+            await client.send(request)
+            extensions.append(request.extensions)
+            with pytest.raises(httpx.ReadTimeout):  # the read timeout is the client's
+                await client.send(httpx.Request("GET", canned.url + "/split"))
+    assert extensions[1] == extensions[0] == {"timeout": timeout.as_dict()}
+
+
 async def test_subclass_overriding_a_send_step_is_called(canned: CannedServer) -> None:
     calls: list[str] = []
 
