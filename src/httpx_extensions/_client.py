@@ -33,7 +33,7 @@ from httpx._client import (
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
-from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response, _ResponseStream
+from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
 
 __all__ = ["ExClient"]
 

@@ -217,10 +217,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 chunk = buffer if type(buffer) is bytes else bytes(buffer)
             else:
                 chunk = bytes(buffer[:max_bytes])
-                if type(buffer) is bytes:
-                    protocol.buffer = buffer[max_bytes:]
-                else:
+                if isinstance(buffer, bytearray):
                     del buffer[:max_bytes]
+                else:
+                    protocol.buffer = buffer[max_bytes:]
             if protocol.reading_paused and len(protocol.buffer) < _LOW_WATER:
                 protocol.reading_paused = False
                 # data_received paused protocol.transport: the socket transport, even under TLS

@@ -260,9 +260,9 @@ class _Response(httpx.Response):
     async def aread(self) -> bytes:
         # Only while the stream is still the pool's (a hook may have wrapped or replaced it).
         stream = self.stream
-        once = stream.in_memory if type(stream) is _ResponseStream else None
         if (
-            once is not None
+            isinstance(stream, _ResponseStream)
+            and (once := stream.in_memory) is not None
             and not self.is_stream_consumed
             and not self.is_closed
             and not hasattr(self, "_content")
