@@ -15,18 +15,26 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import ssl
 import time
 import typing
 from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar
 
 import httpx
-from httpx._client import USE_CLIENT_DEFAULT, BaseClient, BoundAsyncStream, UseClientDefault
+from httpx._client import (
+    USE_CLIENT_DEFAULT,
+    BaseClient,
+    BoundAsyncStream,
+    ClientState,
+    UseClientDefault,
+)
 
 from ._exceptions import UnsupportedConfiguration
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
 from ._proxy_auth import check_proxy_auth
-from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response, _ResponseStream
+from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
 
 if typing.TYPE_CHECKING:
     from ._proxy_auth import ProxyAuthTypes
@@ -38,6 +46,11 @@ _DEFAULT_TIMEOUT = httpx.Timeout(timeout=5.0)
 _httpx_logger = logging.getLogger("httpx")
 # The body of every request built without one (immutable; safe to share).
 _EMPTY_BODY = httpx.ByteStream(b"")
+# Blank httpx objects, filled in attribute by attribute where httpx's __init__ would redo
+# conversions already done (see _build_bodyless_request).
+_new_request = functools.partial(httpx.Request.__new__, httpx.Request)
+_new_headers = functools.partial(httpx.Headers.__new__, httpx.Headers)
+_lowered_name = operator.itemgetter(1)
 
 
 @functools.lru_cache(maxsize=512)
@@ -66,14 +79,35 @@ class _Cookies(httpx.Cookies):
                 return
         super().extract_cookies(response)
 
+    def __bool__(self) -> bool:
+        # Asked on every request (is there anything to merge?). httpx's iterates the jar,
+        # two generators deep, to find out; an empty stock jar's dict of domains says so.
+        # A dict that is not empty may still hold no cookie (cleared paths): ask httpx.
+        jar = self.jar
+        if type(jar) is CookieJar and not jar._cookies:  # type: ignore[attr-defined]
+            return False
+        return super().__bool__()
+
 
 # Subclasses that override httpx's merge hooks get httpx's build_request (the fast path
-# does the same merging without calling them); filled in by ExClient.__init_subclass__.
-_BODYLESS_FAST_PATH: dict[type, bool] = {}
+# does the same merging without calling them); ExClient.__init_subclass__ sets
+# _bodyless_fast_path on each.
 _STOCK_MERGE_HOOKS = {
     name: getattr(BaseClient, name)  # where httpx defines them
     for name in ("_merge_url", "_merge_headers", "_merge_cookies", "_merge_queryparams")
 }
+# Likewise for send(): subclasses that override a step of httpx's send() that the fast path
+# leaves out get httpx's send() (ExClient.__init_subclass__ sets _send_fast_path).
+_SEND_STEPS = (
+    "_build_request_auth",
+    "_send_handling_auth",
+    "_send_handling_redirects",
+    "_build_redirect_request",
+)
+# The status codes httpx.Response.has_redirect_location looks for a Location header on.
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_CLOSED = ClientState.CLOSED
+_OPENED = ClientState.OPENED
 
 
 class ExClient(httpx.AsyncClient):
@@ -101,6 +135,10 @@ class ExClient(httpx.AsyncClient):
         UnsupportedConfiguration: for ``http2=True`` and for limits that would close a
             connection between the legs of a handshake (zero keep-alive).
     """
+
+    # Whether build_request() and send() may take their fast paths (see __init_subclass__).
+    _bodyless_fast_path = True
+    _send_fast_path = True
 
     def __init__(
         self,
@@ -155,8 +193,11 @@ class ExClient(httpx.AsyncClient):
 
     def __init_subclass__(cls, **kwargs: typing.Any) -> None:
         super().__init_subclass__(**kwargs)
-        _BODYLESS_FAST_PATH[cls] = all(
+        cls._bodyless_fast_path = all(
             getattr(cls, name) is stock for name, stock in _STOCK_MERGE_HOOKS.items()
+        )
+        cls._send_fast_path = all(
+            getattr(cls, name) is getattr(ExClient, name) for name in _SEND_STEPS
         )
 
     @property
@@ -186,7 +227,7 @@ class ExClient(httpx.AsyncClient):
         """Build a request, as ``httpx.AsyncClient.build_request`` does."""
         url = _parse_url(url) if type(url) is str else url
         if (
-            _BODYLESS_FAST_PATH.get(type(self), True)
+            self._bodyless_fast_path
             and content is None
             and data is None
             and files is None
@@ -220,12 +261,14 @@ class ExClient(httpx.AsyncClient):
         extensions: httpx._types.RequestExtensions | None,
     ) -> httpx.Request:
         # The common request (no body, query params or cookies to merge), built to the same
-        # result as httpx's build_request with half the work: httpx copies the headers into
-        # four Headers objects and encodes an empty body on the way; here the headers are
-        # merged once and the request gets the empty body directly.
+        # result as httpx's build_request with a fraction of the work: httpx copies the
+        # headers into four Headers objects (converting and checking every name and value
+        # each time), encodes an empty body and reads it back; here the client's headers,
+        # already converted, are merged once and the request gets the empty body directly.
+        # tests/test_client.py compares the result with httpx's, attribute by attribute.
         if not isinstance(url, httpx.URL):
             url = httpx.URL(url)
-        if url.is_relative_url:
+        if not url.is_absolute_url:
             base = self.base_url
             url = base.copy_with(raw_path=base.raw_path + url.raw_path.lstrip(b"/"))
         if headers is None:
@@ -233,26 +276,41 @@ class ExClient(httpx.AsyncClient):
         else:
             merged = httpx.Headers(self.headers)
             merged.update(headers)
-        auto: list[tuple[bytes, bytes]] = []
-        if "host" not in merged and url.host:
-            auto.append((b"Host", url.netloc))
+        # (raw name, lowercased name, value), as httpx.Headers keeps them.
+        header_list: list[tuple[bytes, bytes, bytes]] = merged._list
+        names = set(map(_lowered_name, header_list))
+        auto: list[tuple[bytes, bytes, bytes]] = []
+        if b"host" not in names and url.host:
+            auto.append((b"Host", b"host", url.netloc))
         method = method.upper()  # as httpx.Request does (bytes stay bytes)
         if (
             method in ("POST", "PUT", "PATCH")
-            and "content-length" not in merged
-            and "transfer-encoding" not in merged
+            and b"content-length" not in names
+            and b"transfer-encoding" not in names
         ):
-            auto.append((b"Content-Length", b"0"))
-        extensions = {} if extensions is None else extensions
-        if "timeout" not in extensions:
+            auto.append((b"Content-Length", b"content-length", b"0"))
+        if extensions is None:
+            extensions = {}
+        if "timeout" in extensions:
+            extensions = dict(extensions)  # httpx.Request's own copy
+        else:
             chosen = (
                 self.timeout if isinstance(timeout, UseClientDefault) else httpx.Timeout(timeout)
             )
             extensions = dict(**extensions, timeout=chosen.as_dict())
-        request = httpx.Request(
-            method, url, headers=auto + merged.raw, stream=_EMPTY_BODY, extensions=extensions
-        )
-        request.read()
+        # httpx.Request(method, url, headers=..., stream=_EMPTY_BODY, extensions=...) and
+        # its read(), attribute by attribute. The URL is shared rather than copied:
+        # httpx.URL(url) of a URL is an equal, immutable value.
+        request = _new_request()
+        request.method = method
+        request.url = url
+        request_headers = _new_headers()
+        request_headers._list = auto + header_list if auto else list(header_list)
+        request_headers._encoding = None
+        request.headers = request_headers
+        request.extensions = extensions
+        request.stream = _EMPTY_BODY
+        request._content = b""
         return request
 
     # httpx's private transport hooks (see the module docstring).
@@ -310,14 +368,19 @@ class ExClient(httpx.AsyncClient):
         except httpx.RequestError as exc:
             exc.request = request
             raise
-        response.request = request
-        stream = response.stream
-        if type(stream) is _ResponseStream:
-            stream.time(response, started)
+        if type(response) is _Response:
+            # Ours, as the transport made it: its stream is the pool's _ResponseStream, and
+            # it knows whether its head had a Set-Cookie header.
+            response._request = request  # the setter's work, without the call
+            response.stream.time(response, started)  # type: ignore[union-attr]
+            if response.sets_cookies:
+                self.cookies.extract_cookies(response)
         else:  # respx-mocked: httpx's wrapper
+            response.request = request
+            stream = response.stream
             assert isinstance(stream, httpx.AsyncByteStream)
             response.stream = BoundAsyncStream(stream, response=response, start=started)
-        self.cookies.extract_cookies(response)
+            self.cookies.extract_cookies(response)
         response.default_encoding = self._default_encoding
         if _httpx_logger.isEnabledFor(logging.INFO):
             _httpx_logger.info(
@@ -349,13 +412,59 @@ class ExClient(httpx.AsyncClient):
         flow = Flow(parent=current_flow.get())
         token = current_flow.set(flow)
         try:
-            return await super().send(
-                request, stream=stream, auth=auth, follow_redirects=follow_redirects
-            )
+            if not (
+                self._send_fast_path
+                and (auth is None or (isinstance(auth, UseClientDefault) and self._auth is None))
+                and not self._event_hooks["request"]
+                and not self._event_hooks["response"]
+                and self.max_redirects >= 0
+                and not request.url.userinfo
+            ):
+                return await super().send(
+                    request, stream=stream, auth=auth, follow_redirects=follow_redirects
+                )
+            # The common request: no auth (httpx's would be the no-op Auth()), no event
+            # hooks, and so no redirect to follow unless the response is one. httpx's send()
+            # still runs it through an auth-flow async generator and two more coroutines,
+            # about a sixth of the client's CPU per request; this is what they do in that
+            # case, in the same order, with the same errors. A redirect is handed to
+            # httpx's own redirect loop once this first response has been read.
+            if self._state is _CLOSED:
+                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            self._state = _OPENED
+            if isinstance(follow_redirects, UseClientDefault):
+                follow_redirects = self.follow_redirects
+            if "timeout" not in request.extensions:
+                self._set_timeout(request)
+            response = await self._send_single_request(request)
+            try:
+                response.history = []
+                if response.status_code in _REDIRECT_CODES and response.has_redirect_location:
+                    next_request = self._build_redirect_request(request, response)
+                    if follow_redirects:
+                        await response.aread()
+                        response = await self._send_handling_redirects(
+                            next_request, follow_redirects=True, history=[response]
+                        )
+                    else:
+                        response.next_request = next_request
+                else:
+                    # This response is the last of the flow: end it now, so that reading
+                    # the body frees the connection at once instead of reserving it to a
+                    # flow that makes no further request (the same end state, less work).
+                    for _pool, conns in flow.end():
+                        await close_all(conns)
+                if not stream:
+                    await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+            return response
         finally:
             current_flow.reset(token)
-            for _pool, conns in flow.end():
-                await close_all(conns)
+            if flow.live:  # (the fast path may have ended it already)
+                for _pool, conns in flow.end():
+                    await close_all(conns)
 
     # Introspection.
 

@@ -92,7 +92,10 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.buffer = bytearray()
+        # What arrived and is unread: the bytes object data_received got, as long as it is
+        # the only one (the common case: one response head and body per read), so that
+        # neither buffering nor reading it copies it; a bytearray once more are appended.
+        self.buffer: bytes | bytearray = b""
         self.eof = False
         self.error: BaseException | None = None
         self.read_waiter: asyncio.Future[None] | None = None
@@ -106,11 +109,19 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > _HIGH_WATER and self.transport is not None:
+        buffer = self.buffer
+        if not buffer:
+            self.buffer = buffer = data
+        elif type(buffer) is bytearray:
+            buffer += data
+        else:
+            self.buffer = buffer = bytearray(buffer) + data
+        if len(buffer) > _HIGH_WATER and self.transport is not None:
             self.transport.pause_reading()
             self.reading_paused = True
-        self._wake_reader()
+        waiter = self.read_waiter  # _wake_reader(), inline: once per read
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -183,15 +194,33 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
         if not protocol.buffer and not protocol.eof:
-            await self._wait(timeout, "read_waiter", httpcore.ReadTimeout)
+            # _wait(timeout, "read_waiter", ReadTimeout), inline: one coroutine fewer per read.
+            waiter: asyncio.Future[None] = protocol.loop.create_future()
+            protocol.read_waiter = waiter
+            if timeout is None:
+                try:
+                    await waiter
+                finally:
+                    protocol.read_waiter = None
+            else:
+                deadlines = protocol.deadlines
+                deadlines.add(waiter, protocol.loop.time() + timeout, httpcore.ReadTimeout)
+                try:
+                    await waiter
+                finally:
+                    protocol.read_waiter = None
+                    deadlines.discard(waiter)
         buffer = protocol.buffer
         if buffer:
             if len(buffer) <= max_bytes:
-                protocol.buffer = bytearray()
-                chunk = bytes(buffer)
+                protocol.buffer = b""
+                chunk = buffer if type(buffer) is bytes else bytes(buffer)
             else:
                 chunk = bytes(buffer[:max_bytes])
-                del buffer[:max_bytes]
+                if isinstance(buffer, bytearray):
+                    del buffer[:max_bytes]
+                else:
+                    protocol.buffer = buffer[max_bytes:]
             if protocol.reading_paused and len(protocol.buffer) < _LOW_WATER:
                 protocol.reading_paused = False
                 # data_received paused protocol.transport: the socket transport, even under TLS
