@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+
+from httpx_extensions.testing._proxy import _feed_until_eof as _read_until_eof
+from httpx_extensions.testing._proxy import _pipe_both_ways
 
 from .httpserver import H11Stream, ThreadedLoopbackBase, close_writer, reason_phrase
 
@@ -375,39 +377,3 @@ class LoopbackProxy(ThreadedLoopbackBase):
         up_conn = upstream.conn
         reusable = up_conn.our_state is h11.DONE and up_conn.their_state is h11.DONE
         return not upstream_closes, reusable
-
-
-async def _read_until_eof(client: H11Stream) -> None:
-    """Feed whatever the client sends into h11's buffer (pipelining) until EOF."""
-    try:
-        while data := await client.reader.read(65536):
-            client.conn.receive_data(data)
-    except OSError:
-        return
-    client.conn.receive_data(b"")
-
-
-async def _pipe_both_ways(
-    a_reader: asyncio.StreamReader,
-    a_writer: asyncio.StreamWriter,
-    b_reader: asyncio.StreamReader,
-    b_writer: asyncio.StreamWriter,
-) -> None:
-    """Copy bytes in both directions until either side closes."""
-    tasks = [
-        asyncio.ensure_future(_copy(a_reader, b_writer)),
-        asyncio.ensure_future(_copy(b_reader, a_writer)),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()

@@ -718,6 +718,7 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     with contextlib.suppress(OSError):
         while data := await reader.read(READ_SIZE):
             writer.write(data)
+            await writer.drain()  # a slow reader on one side holds the other, not memory
             await writer.drain()
 
 
