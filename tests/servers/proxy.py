@@ -25,29 +25,12 @@ from urllib.parse import urlsplit
 
 import h11
 
+from httpx_extensions.testing._proxy import _HOP_BY_HOP, _LOOPBACK_HOSTS, _pipe_both_ways
 from httpx_extensions.testing._proxy import _feed_until_eof as _read_until_eof
-from httpx_extensions.testing._proxy import _pipe_both_ways
 
 from .httpserver import H11Stream, ThreadedLoopbackBase, close_writer, reason_phrase
 
 __all__ = ["LoopbackProxy"]
-
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-
-# Hop-by-hop headers (RFC 9110 7.6.1) plus framing headers that h11 regenerates.
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 
 
 def _filter_headers(headers: Any) -> list[tuple[bytes, bytes]]:
