@@ -25,7 +25,12 @@ from urllib.parse import urlsplit
 
 import h11
 
-from httpx_extensions.testing._proxy import _HOP_BY_HOP, _LOOPBACK_HOSTS, _pipe_both_ways
+from httpx_extensions.testing._proxy import (
+    _HOP_BY_HOP,
+    _LOOPBACK_HOSTS,
+    _idle_upstream,
+    _pipe_both_ways,
+)
 from httpx_extensions.testing._proxy import _feed_until_eof as _read_until_eof
 
 from .httpserver import H11Stream, ThreadedLoopbackBase, close_writer, reason_phrase
@@ -241,16 +246,7 @@ class LoopbackProxy(ThreadedLoopbackBase):
             self._forwarded_requests.append(url)
 
         key = (host, port)
-        upstream = upstreams.get(key)
-        if upstream is not None and (
-            upstream.writer.is_closing()
-            or upstream.reader.at_eof()
-            or upstream.conn.our_state is not h11.IDLE
-        ):
-            # Closed while idle (e.g. server idle_timeout): reconnect as real proxies do.
-            del upstreams[key]
-            await close_writer(upstream.writer)
-            upstream = None
+        upstream = await _idle_upstream(upstreams, key)  # None: (re)connect
         if upstream is None:
             try:
                 up_reader, up_writer = await asyncio.open_connection(host, port)

@@ -586,16 +586,7 @@ class _ProxyExchange(_AcceptorExchange["AuthProxy"]):
         server = self.server
         upstreams = server._upstreams[self.seq].streams
         key = (target.host, target.port)
-        upstream = upstreams.get(key)
-        if upstream is not None and (
-            upstream.writer.is_closing()
-            or upstream.reader.at_eof()
-            or upstream.conn.our_state is not h11.IDLE
-        ):
-            # The origin closed it while idle: reconnect, as real proxies do.
-            del upstreams[key]
-            await close_writer(upstream.writer)
-            upstream = None
+        upstream = await _idle_upstream(upstreams, key)
         if upstream is None:
             opened = await self.open_upstream(target)
             if opened is None:
@@ -683,6 +674,21 @@ class _ProxyExchange(_AcceptorExchange["AuthProxy"]):
         up = upstream.conn
         reusable = up.our_state is h11.DONE and up.their_state is h11.DONE
         return not close, reusable
+
+
+async def _idle_upstream(upstreams: dict[Any, H11Stream], key: Any) -> H11Stream | None:
+    """The kept upstream connection for ``key``, unless the origin closed it while idle (it
+    is then dropped, so that the caller reconnects, as real proxies do)."""
+    upstream = upstreams.get(key)
+    if upstream is not None and (
+        upstream.writer.is_closing()
+        or upstream.reader.at_eof()
+        or upstream.conn.our_state is not h11.IDLE
+    ):
+        del upstreams[key]
+        await close_writer(upstream.writer)
+        return None
+    return upstream
 
 
 async def _feed_until_eof(stream: H11Stream) -> None:
