@@ -14,6 +14,7 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import select
 import socket
 import ssl
 import struct
@@ -263,7 +264,11 @@ async def test_channel_binding_follows_rfc_5929_for_the_certificate_served(
 
 class TLSRelay:
     """Accepts TLS with its own certificate and relays the plaintext to the upstream over
-    TLS: an NTLM relay attacker's position. One thread pair per connection, loopback only."""
+    TLS: an NTLM relay attacker's position. Loopback only.
+
+    One thread per relayed connection owns both of its TLS sockets: an OpenSSL connection
+    must not be read in one thread while another writes or closes it (two pump threads per
+    connection crashed the interpreter in CI)."""
 
     def __init__(
         self, context: ssl.SSLContext, upstream_port: int, upstream: ssl.SSLContext
@@ -274,8 +279,7 @@ class TLSRelay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
-        self._stopping = False
+        self._stop = threading.Event()
         self._accept = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> TLSRelay:
@@ -283,24 +287,20 @@ class TLSRelay:
         return self
 
     def __exit__(self, *args: object) -> None:
-        self._stopping = True
+        self._stop.set()
         socket.create_connection(("127.0.0.1", self.port)).close()  # wakes accept()
         self._accept.join()
         self._listener.close()
-        for sock in self._sockets:
-            with _suppress():
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
         for thread in self._threads:
             thread.join()
 
     def _serve(self) -> None:
-        while not self._stopping:
+        while not self._stop.is_set():
             try:
                 raw, _ = self._listener.accept()
             except OSError:
                 return
-            if self._stopping:
+            if self._stop.is_set():
                 raw.close()
                 return
             try:
@@ -312,27 +312,42 @@ class TLSRelay:
             except (OSError, ssl.SSLError):
                 raw.close()
                 continue
-            self._sockets += [downstream, upstream]
-            for source, target in ((downstream, upstream), (upstream, downstream)):
-                thread = threading.Thread(target=_pump, args=(source, target), daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            thread = threading.Thread(
+                target=_relay, args=(downstream, upstream, self._stop), daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
 
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, *args: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)  # type: ignore[arg-type]
-
-
-def _pump(source: ssl.SSLSocket, target: ssl.SSLSocket) -> None:
-    with _suppress():
-        while data := source.recv(65536):
-            target.sendall(data)
-    with _suppress():
-        target.shutdown(socket.SHUT_RDWR)
+def _relay(a: ssl.SSLSocket, b: ssl.SSLSocket, stop: threading.Event) -> None:
+    """Copies bytes both ways until either side closes or ``stop`` is set; then closes both."""
+    peer = {a: b, b: a}
+    try:
+        for sock in peer:
+            sock.setblocking(False)
+        while not stop.is_set():
+            # Bytes already decrypted inside OpenSSL do not make the socket readable.
+            ready = [sock for sock in peer if sock.pending()]
+            if not ready:
+                ready, _, _ = select.select(list(peer), [], [], 0.1)
+            for sock in ready:
+                try:
+                    data = sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue  # a TLS record in part, or a session ticket: no bytes yet
+                if not data:
+                    return
+                target = peer[sock]
+                target.setblocking(True)
+                try:
+                    target.sendall(data)
+                finally:
+                    target.setblocking(False)
+    except (OSError, ssl.SSLError):
+        return
+    finally:
+        for sock in peer:
+            sock.close()
 
 
 @pytest.fixture
