@@ -97,7 +97,10 @@ class Servers:
             cwd=ROOT,
         )
         assert self._process.stdout is not None
-        self.urls = json.loads(self._process.stdout.readline())
+        first = self._process.stdout.readline()
+        if not first:
+            raise SystemExit("bench/proxy.py: the proxy and origin servers did not start (above)")
+        self.urls = json.loads(first)
 
     def command(self, name: str) -> dict[str, int]:
         assert self._process.stdin is not None
@@ -191,7 +194,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--threads", type=int, default=10, help="requests-ntlm threads")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 200 GETs per client")
+    parser.add_argument("--check-args", action="store_true", help="check the options and exit")
     args = parser.parse_args(argv)
+    if args.check_args:
+        return 0
+    if args.quick:
+        args.requests = min(args.requests, 200)
     servers = Servers()
     rows = []
     try:
