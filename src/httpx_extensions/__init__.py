@@ -28,8 +28,8 @@ from ._exceptions import (
     UnsupportedConfiguration,
 )
 from ._extensions import CONN_ID, PARTITION
-from ._state import ConnectionInfo, ConnectionState
 from ._proxy_auth import Proxy
+from ._state import ConnectionInfo, ConnectionState
 from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports them
