@@ -7,7 +7,6 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from httpx_extensions import ExSyncClient, NegotiateAuth
 
