@@ -328,3 +328,12 @@ def test_sync_pool_hands_each_connection_to_one_thread_at_a_time() -> None:
     assert len(pool.connections) <= 3
     assert pool.waiting == 0
     assert {info.state for info in pool.connections} <= {ConnectionState.IDLE}
+
+
+def test_sync_client_ntlm_preemptive_first_token_on_a_new_connection(iis: IISLikeServer) -> None:
+    with ExSyncClient() as client:
+        response = client.get(iis.url + "/", auth=NTLMAuth(*ALICE, preemptive=True))
+        assert response.status_code == 200
+        assert response.json()["user"] == "EXAMPLE\\alice"
+        assert iis.requests_total == 2  # type 1 with the first request, then type 3
+        assert_pool_clean(client)
