@@ -15,6 +15,7 @@ Clients, each sending ``GET /`` and reading the full body:
 
 * ``exclient``       ExClient(auth=httpx_extensions.NTLMAuth(...))
 * ``httpx-ntlm``     httpx.AsyncClient(auth=httpx_ntlm.HttpNtlmAuth(...))
+* ``exsyncclient``   one ExSyncClient(auth=NTLMAuth(...)) shared by min(c, 16) threads, as requests
 * ``requests-ntlm``  one requests.Session(auth=requests_ntlm.HttpNtlmAuth(...)) on
                      min(c, 16) threads, HTTPAdapter(pool_connections=pool_maxsize=threads)
 * ``aiohttp-ntlm``   aiohttp.ClientSession(middlewares=(aiohttp_ntlm.HttpNtlmAuthMiddleware(...),))
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +65,7 @@ from _common import fmt_int, fmt_ratio  # noqa: E402
 
 CLIENTS = {
     "exclient": "ExClient + NTLMAuth",
+    "exsyncclient": "ExSyncClient + NTLMAuth",
     "httpx-ntlm": "httpx.AsyncClient + httpx-ntlm",
     "requests-ntlm": "requests.Session + requests-ntlm",
     "aiohttp-ntlm": "aiohttp + aiohttp-ntlm",
@@ -379,19 +382,32 @@ def _make_async_client(spec: dict):
 
 
 def _run_requests(spec: dict, url: str) -> dict:
-    """requests + requests-ntlm: one Session shared by min(c, 16) threads."""
-    import requests
-    from requests.adapters import HTTPAdapter
-    from requests_ntlm import HttpNtlmAuth
-
+    """requests + requests-ntlm: one Session shared by min(c, 16) threads; or (exsyncclient)
+    one ExSyncClient shared by as many threads, the same way."""
     threads = min(spec["concurrency"], REQUESTS_THREADS_MAX)
     size = spec["pool"] or threads
-    session = requests.Session()
     ids = _Identities(spec["identities"])
-    auths = [HttpNtlmAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
-    session.auth = auths[0]
-    adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, pool_block=bool(spec["pool"]))
-    session.mount("http://", adapter)
+    session: typing.Any
+    if spec["client"] == "exsyncclient":
+        import httpx
+
+        from httpx_extensions import ExSyncClient, NTLMAuth
+
+        auths: list[typing.Any] = [NTLMAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        session = ExSyncClient(auth=auths[0], limits=limits)
+    else:
+        import requests
+        from requests.adapters import HTTPAdapter
+        from requests_ntlm import HttpNtlmAuth
+
+        session = requests.Session()
+        auths = [HttpNtlmAuth(u, pw) for u, pw in IDENTITIES[: ids.count]]
+        session.auth = auths[0]
+        adapter = HTTPAdapter(
+            pool_connections=size, pool_maxsize=size, pool_block=bool(spec["pool"])
+        )
+        session.mount("http://", adapter)
 
     lock = threading.Lock()
     state = {"remaining": spec["requests"], "ok": 0, "failed": 0}
@@ -469,7 +485,7 @@ def worker_main(spec: dict) -> None:
 
     s0 = read_stats(spec["stats_url"], reset=True)
     with _common.measured() as m:
-        if spec["client"] == "requests-ntlm":
+        if spec["client"] in ("requests-ntlm", "exsyncclient"):
             res = _run_requests(spec, url)
         else:
             res = asyncio.run(_run_async(spec, url))
@@ -546,7 +562,7 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
                         + "; ".join(r["server_errors"][:3])
                     )
                     marks.append(f"[^{len(notes)}]")
-                if name == "requests-ntlm":
+                if name in ("requests-ntlm", "exsyncclient"):
                     label += (
                         f" ({r['threads']} thread{'s' if r['threads'] != 1 else ''}, "
                         f"pool {r['pool_maxsize']}"

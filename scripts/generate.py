@@ -47,7 +47,8 @@ class Rule:
 
     def compiled(self) -> re.Pattern[str]:
         head = r"\b" if re.match(r"\w", self.pattern) else ""
-        tail = r"\b" if re.search(r"\w$", self.pattern) else ""
+        # A pattern ending in an escape (``\n``, ``\.``) ends in a non-word character.
+        tail = r"\b" if re.search(r"(?<!\\)\w$", self.pattern) else ""
         return re.compile(head + self.pattern + tail)
 
 
@@ -65,9 +66,119 @@ class Target:
 # The axes. Each rule is applied to every line of every target that uses the axis, in order.
 AXES: dict[str, tuple[Rule, ...]] = {}
 
+# --- The sync axis (async -> sync). ---------------------------------------------------------
+# Everything that is more than a rename lives in _synchronization.py as an Async*/Sync* (or
+# async_*/sync_*) pair, so these rules only rename. Generated modules import each other from
+# their own folder and the shared leaf modules from the package.
+AXES["sync"] = (
+    # Syntax.
+    Rule("async def ", "def "),
+    Rule("async with ", "with "),
+    Rule("async for ", "for "),
+    Rule("await ", ""),
+    Rule("__aenter__", "__enter__"),
+    Rule("__aexit__", "__exit__"),
+    Rule("__aiter__", "__iter__"),
+    Rule("__anext__", "__next__"),
+    Rule("StopAsyncIteration", "StopIteration"),
+    Rule("AsyncIterator", "Iterator"),
+    Rule("AsyncIterable", "Iterable"),
+    Rule(r"Awaitable\[ConnectionLike\]", "ConnectionLike"),
+    Rule(r"from collections\.abc import Awaitable, ", "from collections.abc import "),
+    Rule(r"inspect\.isasyncgen", "inspect.isgenerator"),
+    # Our primitives (_synchronization.py).
+    Rule("AsyncLock", "SyncLock"),
+    Rule("AsyncWakeUp", "SyncWakeUp"),
+    Rule("AsyncBackends", "SyncBackends"),
+    Rule("async_shield", "sync_shield"),
+    Rule("async_checkpoint", "sync_checkpoint"),
+    # httpx and httpcore: the sync twin of each async name.
+    Rule(r"httpx\.AsyncClient", "httpx.Client"),
+    Rule(r"httpx\.AsyncBaseTransport", "httpx.BaseTransport"),
+    Rule(r"httpx\.AsyncHTTPTransport", "httpx.HTTPTransport"),
+    Rule(r"httpx\.AsyncByteStream", "httpx.SyncByteStream"),
+    Rule("BoundAsyncStream", "BoundSyncStream"),
+    Rule(r"httpcore\.AsyncNetworkStream", "httpcore.NetworkStream"),
+    Rule(r"httpcore\.AsyncConnectionPool", "httpcore.ConnectionPool"),
+    Rule("AsyncHTTP11Connection", "HTTP11Connection"),
+    Rule("handle_async_request", "handle_request"),
+    Rule(r"\._async_(new_context|step)\b", r"._sync_\1"),  # the auth's driver pairs
+    Rule("aclose", "close"),
+    Rule("aread", "read"),
+    # Our public names.
+    Rule("ExClient", "ExSyncClient"),
+    Rule("ExTransport", "ExSyncTransport"),
+    # Imports: the shared leaf modules from the package, generated siblings from the folder.
+    Rule(
+        r"from \.(_auth|_exceptions|_extensions|_network|_state|_synchronization)\b", r"from ..\1"
+    ),
+)
+
 # The targets. Folders that hold generated files only (every .py there must be a target).
 TARGETS: tuple[Target, ...] = ()
 GENERATED_FOLDERS: tuple[str, ...] = ()
+
+# --- The sync targets: the sync client's I/O layers, in src/httpx_extensions/_sync/. ----------
+# Not generated (async only, or shared by both clients): _network.py (the asyncio backend;
+# the sync side uses httpcore.SyncBackend), _synchronization.py (the pairs themselves),
+# _auth.py (one class each for both clients), _exceptions.py, _extensions.py.
+TARGETS += (
+    Target("_http11.py", "_sync/_http11.py", ("sync",)),
+    Target("_pool.py", "_sync/_pool.py", ("sync",)),
+    Target(
+        "_proxy_auth.py",
+        "_sync/_proxy_auth.py",
+        ("sync",),
+        # The auth classes are shared: the package's _auth, not a sibling.
+        extra=(
+            Rule(
+                r'_AUTH_MODULE = __name__\.rpartition\("\."\)\[0\]',
+                '_AUTH_MODULE = __name__.rpartition(".")[0].rpartition(".")[0]',
+            ),
+        ),
+    ),
+    Target(
+        "_transport.py",
+        "_sync/_transport.py",
+        ("sync",),
+        extra=(
+            # httpx.Client sends a SyncByteStream (it refuses others before the transport).
+            Rule(
+                r"wire, request\.stream, extensions",
+                "wire, typing.cast(typing.Iterable[bytes], request.stream), extensions",
+            ),
+            Rule(
+                r"= self\._request\.stream\n",
+                "= typing.cast(typing.Iterable[bytes], self._request.stream)\n",
+            ),
+            # The seed's alias names the async transport only.
+            Rule(r'__all__ = \["AsyncHTTPTransportMixin", ', "__all__ = ["),
+            Rule(
+                r"\n\n#: The seed's name for the transport, kept importable\.\n"
+                r"AsyncHTTPTransportMixin = ExSyncTransport",
+                "",
+            ),
+            # httpx.Response's own wording, sync side.
+            Rule(
+                "Attempted to call an async close on an sync stream.",
+                "Attempted to call an sync close on an async stream.",
+            ),
+        ),
+    ),
+    Target(
+        "_client.py",
+        "_sync/_client.py",
+        ("sync",),
+        extra=(
+            # httpx.Client's own wording.
+            Rule(
+                "Attempted to send an sync request with an AsyncClient instance.",
+                "Attempted to send an async request with an sync Client instance.",
+            ),
+        ),
+    ),
+)
+GENERATED_FOLDERS += ("_sync",)
 
 BANNER = "# Generated by scripts/generate from {source} ({axes}). Do not edit: edit the source.\n"
 
@@ -102,7 +213,25 @@ def rewrite(text: str, target: Target, usage: Usage) -> str:
 
 
 def ruff_format(text: str, destination: Path) -> str:
-    """Format ``text`` as ruff would format ``destination``."""
+    """Format ``text`` as ruff would format ``destination``.
+
+    Imports are sorted and deduplicated first: renames reorder them (``.._x`` sorts before
+    ``._y``) and can make two the same (``AsyncIterable, Iterable`` -> ``Iterable, Iterable``).
+    None is removed as unused: it may be a re-export.
+    """
+    fixed = subprocess.run(
+        [
+            *(str(RUFF), "check", "--fix", "--exit-zero", "--quiet", "--select", "I,F811"),
+            *("--stdin-filename", str(destination), "-"),
+        ],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if fixed.returncode == 0:
+        text = fixed.stdout
     result = subprocess.run(
         [str(RUFF), "format", "--stdin-filename", str(destination), "-"],
         input=text,
@@ -143,9 +272,14 @@ def dead_rules(targets: Sequence[Target], usage: Usage) -> list[str]:
 
 
 def untracked(outputs: dict[Path, str]) -> list[Path]:
+    # A generated folder's __init__.py is hand-written: it says what the folder is.
     found: list[Path] = []
     for folder in GENERATED_FOLDERS:
-        found += [p for p in sorted((PACKAGE / folder).rglob("*.py")) if p not in outputs]
+        found += [
+            p
+            for p in sorted((PACKAGE / folder).rglob("*.py"))
+            if p not in outputs and p.name != "__init__.py"
+        ]
     return found
 
 

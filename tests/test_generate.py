@@ -87,3 +87,44 @@ def test_generate_check_fails_on_an_untracked_file_in_a_generated_folder(
     (gen.PACKAGE / "v" / "_copy.py").write_text("x = 1\n", encoding="utf-8")
     assert gen.main(["--check"]) == 1
     assert "_copy.py: in a generated folder but no target makes it" in capsys.readouterr().err
+
+
+def test_generate_check_accepts_a_hand_written_init_in_a_generated_folder(
+    gen: ModuleType,
+) -> None:
+    gen.main([])
+    (gen.PACKAGE / "v" / "__init__.py").write_text('"""The variant."""\n', encoding="utf-8")
+    assert gen.main(["--check"]) == 0
+
+
+def test_generate_rule_ending_in_an_escape_is_not_anchored_at_a_word_boundary() -> None:
+    spec = importlib.util.spec_from_file_location("_generate_rules", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        rule = module.Rule(r"x = 1\n", "y = 2\n")
+        assert rule.compiled().sub(rule.replacement, "x = 1\n    z\n") == "y = 2\n    z\n"
+        word = module.Rule("httpx", "httpx2")
+        assert word.compiled().sub(word.replacement, "httpx httpx_extensions") == (
+            "httpx2 httpx_extensions"
+        )
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_generate_sorts_and_dedupes_imports_a_rename_disturbed(
+    gen: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (gen.PACKAGE / "_mod.py").write_text(
+        "from collections.abc import AsyncIterable, Iterable\n\n\n"
+        "def f(a: AsyncIterable[int], b: Iterable[int]) -> None: ...\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(gen, "AXES", {"sync": (gen.Rule("AsyncIterable", "Iterable"),)})
+    monkeypatch.setattr(gen, "TARGETS", (gen.Target("_mod.py", "v/_mod.py", ("sync",)),))
+    assert gen.main([]) == 0
+    text = (gen.PACKAGE / "v" / "_mod.py").read_text(encoding="utf-8")
+    assert "from collections.abc import Iterable\n" in text

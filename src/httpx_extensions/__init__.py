@@ -2,6 +2,8 @@
 
 See ``ExClient`` for the client, ``ExTransport`` for the transport, and ``docs/pool.md`` for
 how the pool works (the pages are installed with the package: ``httpx-extensions docs``).
+``ExSyncClient`` and ``ExSyncTransport`` are the same for ``httpx.Client``, safe to share
+between threads; they are imported on first use, as the auth classes are.
 
 ``NTLMAuth`` and ``NegotiateAuth`` are imported on first use, and pyspnego (with its crypto
 stack) with them, so programs that never authenticate never load them (``bench/startup.py``
@@ -26,12 +28,14 @@ from ._exceptions import (
     UnsupportedConfiguration,
 )
 from ._extensions import CONN_ID, PARTITION
-from ._pool import ConnectionInfo, ConnectionState
 from ._proxy_auth import Proxy
+from ._state import ConnectionInfo, ConnectionState
 from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports them
     from ._auth import MutualAuth, NegotiateAuth, NTLMAuth
+    from ._sync._client import ExSyncClient
+    from ._sync._transport import ExSyncTransport
 
 __all__ = [
     "AsyncHTTPTransportMixin",
@@ -41,6 +45,8 @@ __all__ = [
     "ConnectionState",
     "ConnectionStateError",
     "ExClient",
+    "ExSyncClient",
+    "ExSyncTransport",
     "ExTransport",
     "HTTPXExtensionsError",
     "MutualAuth",
@@ -56,7 +62,13 @@ __all__ = [
 ]
 
 # Public name -> private module that defines it, imported on first access.
-_LAZY = {"MutualAuth": "._auth", "NTLMAuth": "._auth", "NegotiateAuth": "._auth"}
+_LAZY = {
+    "ExSyncClient": "._sync._client",
+    "ExSyncTransport": "._sync._transport",
+    "MutualAuth": "._auth",
+    "NTLMAuth": "._auth",
+    "NegotiateAuth": "._auth",
+}
 
 
 def __getattr__(name: str) -> typing.Any:

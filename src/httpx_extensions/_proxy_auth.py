@@ -616,8 +616,8 @@ class _Handshake:
                 )
             request = self._request()
             try:
-                self.context = await auth._new_context(method.protocol, request, bindings)
-                token = await auth._step(self.context, None, method.header, request)
+                self.context = await auth._async_new_context(method.protocol, request, bindings)
+                token = await auth._async_step(self.context, None, method.header, request)
             except httpx.HTTPError as exc:
                 raise self.owner._error({}, "provider", str(exc)) from exc
             # NTLM's negotiate leg is always answered with a 407: do not upload the body.
@@ -655,7 +655,7 @@ class _Handshake:
                 if in_token is not None:
                     assert _is_spnego(method.auth)
                     try:
-                        token = await method.auth._step(
+                        token = await method.auth._async_step(
                             self.context, in_token, method.header, self._request()
                         )
                     except httpx.HTTPError as exc:
@@ -697,7 +697,7 @@ class _Handshake:
         if in_token is not None and not self.context.complete:
             # Mutual authentication: the proxy's last token proves who it is.
             assert _is_spnego(method.auth)
-            await method.auth._step(self.context, in_token, method.header, self._request())
+            await method.auth._async_step(self.context, in_token, method.header, self._request())
         self.channel.authenticated = True
 
 

@@ -21,18 +21,16 @@ import typing
 from collections.abc import Iterable
 from types import TracebackType
 
-import anyio
 import certifi
 import httpcore
 import httpx
-import sniffio
 
 from ._exceptions import UnsupportedConfiguration
 from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from ._http11 import HTTP11Connection, ResponseHead, _Once
-from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str, close_all
 from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, check_proxy_auth
+from ._synchronization import AsyncBackends, async_shield
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
 
@@ -374,8 +372,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._retries = retries
         self._socket_options = list(socket_options) if socket_options is not None else None
         self._keepalive_expiry = limits.keepalive_expiry
-        self._asyncio_backend = AsyncioBackend()
-        self._anyio_backend = httpcore.AnyIOBackend()
+        self._backends = AsyncBackends()
         self._mock_pool: httpcore.AsyncConnectionPool | None = None
 
         self._proxy: httpx.Proxy | None = None
@@ -688,11 +685,7 @@ class ExTransport(httpx.AsyncBaseTransport):
     async def _connect_tcp(
         self, origin: httpcore.Origin, timeout: float | None
     ) -> httpcore.AsyncNetworkStream:
-        backend: httpcore.AsyncNetworkBackend = (
-            self._asyncio_backend
-            if sniffio.current_async_library() == "asyncio"
-            else self._anyio_backend
-        )
+        backend = self._backends.current()
         retries_left = self._retries
         delay = 0.0
         while True:
@@ -905,7 +898,7 @@ class _ForwardChannel:
 
     async def reconnect(self) -> None:
         old = self._connection
-        with anyio.CancelScope(shield=True):
+        with async_shield():
             await old.aclose()
         timeouts = self._request.extensions.get("timeout") or {}
         transport = self._transport
@@ -954,7 +947,7 @@ class _TunnelChannel:
         return self.connection.is_idle()
 
     async def reconnect(self) -> None:
-        with anyio.CancelScope(shield=True):
+        with async_shield():
             await self.connection.aclose()
         timeouts = self._request.extensions.get("timeout") or {}
         self.network_stream = await self._transport._connect_proxy(timeouts.get("connect"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import pathlib
 import sys
 import types
@@ -29,12 +30,16 @@ import typing
 
 import httpx
 
-REAL_ASYNC_CLIENT = httpx.AsyncClient
+# HTTPX_SUITE_MODE=sync (run.py --sync): httpx.Client -> ExSyncClient, the sync tests.
+SYNC = os.environ.get("HTTPX_SUITE_MODE") == "sync"
+NAME = "Client" if SYNC else "AsyncClient"
+REAL_ASYNC_CLIENT = getattr(httpx, NAME)  # (the sync Client in sync mode)
 
 import pytest  # noqa: E402
 
 import httpx_extensions  # noqa: E402  (must come after capturing the real class)
-from httpx_extensions import ExClient  # noqa: E402
+
+ExClient: type = httpx_extensions.ExSyncClient if SYNC else httpx_extensions.ExClient
 
 # Test files are selected by run.py; inside them, these folders keep every async test.
 ASYNC_DIRS = ("tests/client/",)
@@ -57,21 +62,23 @@ def _functions_naming_async_client(module: types.ModuleType) -> list[str]:
     return [
         f"{module.__name__}:{code.co_qualname}"
         for code in _code_objects(top)
-        if "AsyncClient" in code.co_names
+        if NAME in code.co_names
+        # A module global bound to the real class (httpx._api's `Client`) is not the swap.
+        and getattr(module, NAME, None) is not REAL_ASYNC_CLIENT
     ]
 
 
 def _verify_swap() -> list[str]:
     """Check that the swap is visible to tests only; return a description of what was checked."""
     problems: list[str] = []
-    if REAL_ASYNC_CLIENT is ExClient or REAL_ASYNC_CLIENT.__qualname__ != "AsyncClient":
-        problems.append(f"httpx.AsyncClient was already replaced: {REAL_ASYNC_CLIENT!r}")
+    if REAL_ASYNC_CLIENT is ExClient or REAL_ASYNC_CLIENT.__qualname__ != NAME:
+        problems.append(f"httpx.{NAME} was already replaced: {REAL_ASYNC_CLIENT!r}")
     if not issubclass(ExClient, REAL_ASYNC_CLIENT):
-        problems.append("ExClient does not subclass the real httpx.AsyncClient")
-    if httpx._client.AsyncClient is not REAL_ASYNC_CLIENT:
-        problems.append("httpx._client.AsyncClient is not the real class")
-    if httpx.AsyncClient is not ExClient:
-        problems.append("httpx.AsyncClient is not ExClient after the swap")
+        problems.append(f"{ExClient.__name__} does not subclass the real httpx.{NAME}")
+    if getattr(httpx._client, NAME) is not REAL_ASYNC_CLIENT:
+        problems.append(f"httpx._client.{NAME} is not the real class")
+    if getattr(httpx, NAME) is not ExClient:
+        problems.append(f"httpx.{NAME} is not {ExClient.__name__} after the swap")
     # Module globals bound to the swapped name, and code that looks the name up at run time.
     # httpx._client defines the class: its functions resolve `AsyncClient` to its own global.
     lookups: list[str] = []
@@ -80,8 +87,8 @@ def _verify_swap() -> list[str]:
             name == "httpx" or name.startswith(("httpx.", "httpx_extensions"))
         ):
             continue
-        if name != "httpx" and getattr(module, "AsyncClient", REAL_ASYNC_CLIENT) is ExClient:
-            problems.append(f"{name}.AsyncClient is ExClient")
+        if name != "httpx" and getattr(module, NAME, REAL_ASYNC_CLIENT) is ExClient:
+            problems.append(f"{name}.{NAME} is {ExClient.__name__}")
         if name != "httpx._client":
             lookups.extend(_functions_naming_async_client(module))
     if lookups:
@@ -94,7 +101,7 @@ def _verify_swap() -> list[str]:
 
 
 # The swap itself, at plugin import time (before any conftest or test module is imported).
-httpx.AsyncClient = ExClient  # type: ignore[misc]
+setattr(httpx, NAME, ExClient)
 _CHECKED_MODULES = _verify_swap()
 
 
@@ -111,7 +118,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
-        f"httpx-suite: httpx.AsyncClient -> {ExClient.__module__}.ExClient "
+        f"httpx-suite: httpx.{NAME} -> {ExClient.__module__}.{ExClient.__name__} "
         f"(httpx_extensions {httpx_extensions.__version__}, httpx {httpx.__version__}); "
         f"real class kept by {len(_CHECKED_MODULES)} httpx/httpx_extensions modules (checked)"
     ]
@@ -145,6 +152,20 @@ def _in_scope(item: pytest.Item) -> bool:
         return False
     function = item.function
     callspec = getattr(item, "callspec", None)
+    if SYNC:
+        # Sync mode: every sync test under tests/client/, and any test naming httpx.Client,
+        # except instances parametrized with the async class.
+        if callspec is not None:
+            for value in callspec.params.values():
+                if isinstance(value, type) and issubclass(value, httpx.AsyncClient):
+                    return False
+        if not inspect.iscoroutinefunction(function) and item.nodeid.startswith(ASYNC_DIRS):
+            return True
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):  # pragma: no cover
+            return False
+        return "httpx.Client" in source
     if callspec is not None:
         for value in callspec.params.values():
             if isinstance(value, type) and issubclass(value, httpx.Client):
@@ -236,8 +257,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if httpx.AsyncClient is not ExClient:  # pragma: no cover
-        _State.outcomes["error"].append("<session>: httpx.AsyncClient was restored mid-run")
+    if getattr(httpx, NAME) is not ExClient:  # pragma: no cover
+        _State.outcomes["error"].append(f"<session>: httpx.{NAME} was restored mid-run")
     path = session.config.getoption("--httpx-suite-results")
     if not path:
         return

@@ -13,6 +13,10 @@ list in ``deselected.txt``), prints one summary line and exits non-zero if any s
 failed or errored. It first checks that README.md lists exactly the tests of deselected.txt;
 ``run.py --update-readme`` rewrites that list from deselected.txt. Any other arguments are
 passed on to pytest. See README.md.
+
+``run.py --sync`` does the same for httpx's sync ``Client`` tests with
+``httpx_extensions.ExSyncClient`` in its place (deselections in ``deselected-sync.txt``, their
+own list in README.md; ``--sync --update-readme`` rewrites it).
 """
 
 from __future__ import annotations
@@ -42,10 +46,14 @@ SUITE_DIR = CACHE / f"httpx-{HTTPX_VERSION}"
 READY_MARKER = SUITE_DIR / ".extracted"
 
 REQUIREMENTS = HERE / "requirements.txt"
-DESELECTED = HERE / "deselected.txt"
 README = HERE / "README.md"
-README_START = "<!-- deselected:start (generated from deselected.txt by run.py --update-readme) -->"
-README_END = "<!-- deselected:end -->"
+# The mode: "async" (AsyncClient -> ExClient) or "sync" (Client -> ExSyncClient, --sync).
+SYNC = "--sync" in sys.argv[1:]
+DESELECTED = HERE / ("deselected-sync.txt" if SYNC else "deselected.txt")
+_TAG = "deselected-sync" if SYNC else "deselected"
+_HOW = "run.py --sync --update-readme" if SYNC else "run.py --update-readme"
+README_START = f"<!-- {_TAG}:start (generated from {DESELECTED.name} by {_HOW}) -->"
+README_END = f"<!-- {_TAG}:end -->"
 
 # httpx's conftest starts uvicorn on its default address and waits for it without a time limit.
 SERVER_ADDRESS = ("127.0.0.1", 8000)
@@ -186,9 +194,9 @@ def check_readme(update: bool) -> bool:
         return True
     if update:
         README.write_text(text.replace(current, wanted), encoding="utf-8")
-        log("README.md: deselected list updated from deselected.txt")
+        log(f"README.md: deselected list updated from {DESELECTED.name}")
         return True
-    log("README.md's deselected list differs from deselected.txt: run run.py --update-readme")
+    log(f"README.md's deselected list differs from {DESELECTED.name}: run {_HOW}")
     return False
 
 
@@ -208,6 +216,11 @@ def test_files() -> list[str]:
     for path in sorted((SUITE_DIR / "tests").rglob("test_*.py")):
         relative = path.relative_to(SUITE_DIR).as_posix()
         source = path.read_text(encoding="utf-8")
+        if SYNC:
+            has_sync = re.search(r"^def test_", source, re.MULTILINE) is not None
+            if (relative.startswith(CLIENT_DIR) and has_sync) or "httpx.Client" in source:
+                files.append(relative)
+            continue
         has_async = re.search(r"^async def test_", source, re.MULTILINE) is not None
         if (relative.startswith(CLIENT_DIR) and has_async) or "AsyncClient" in source:
             files.append(relative)
@@ -215,7 +228,7 @@ def test_files() -> list[str]:
 
 
 def main() -> int:
-    extra = sys.argv[1:]  # passed on to pytest as they are, but for the two below
+    extra = [arg for arg in sys.argv[1:] if arg != "--sync"]  # to pytest, but for these
     if extra[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
@@ -250,6 +263,7 @@ def main() -> int:
     results = pathlib.Path(tempfile.mkstemp(prefix="httpx-suite-", suffix=".json")[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env["HTTPX_SUITE_MODE"] = "sync" if SYNC else "async"
     command = [
         sys.executable,
         "-m",
@@ -289,7 +303,8 @@ def main() -> int:
     bad = set(outcomes["failed"]) | set(outcomes["error"]) | set(outcomes["xpassed"])
     passed = set(outcomes["passed"]) - bad
     skipped = set(outcomes["skipped"]) | set(outcomes["xfailed"])
-    log(f"{data['out_of_scope']} collected tests of these files are not AsyncClient tests")
+    kind = "Client" if SYNC else "AsyncClient"
+    log(f"{data['out_of_scope']} collected tests of these files are not {kind} tests")
     for nodeid in sorted(bad):
         log(f"FAILED {nodeid}")
     log(
