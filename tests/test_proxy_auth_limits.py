@@ -10,11 +10,9 @@ import anyio
 import httpx
 import pytest
 
-from httpx_extensions import ExClient, ProxyAuthenticationError
+from httpx_extensions import ExClient, ExSyncClient, ProxyAuthenticationError
 
 from .conftest import assert_pool_clean
-
-pytestmark = pytest.mark.anyio
 
 ALICE = ("EXAMPLE\\alice", "Passw0rd")
 
@@ -87,6 +85,7 @@ def endless() -> Iterator[EndlessProxy]:
         yield proxy
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("target", ["http://127.0.0.1:9/", "https://127.0.0.1:9/"])
 async def test_proxy_endless_407_body_closes_the_connection_and_fails_the_request(
     endless: EndlessProxy, target: str
@@ -100,4 +99,26 @@ async def test_proxy_endless_407_body_closes_the_connection_and_fails_the_reques
     assert caught.value.reason == "rejected"
     # Digest answers on the second leg: the first connection was given up mid-body and the
     # answer went out on a new one, which got the endless 407 again (so: rejected).
+    assert endless.connections == 2
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.1:9/", "https://127.0.0.1:9/"])
+def test_proxy_endless_407_body_on_the_sync_client(endless: EndlessProxy, target: str) -> None:
+    caught: list[BaseException] = []
+
+    def get() -> None:
+        with ExSyncClient(proxy=endless.url, proxy_auth=httpx.DigestAuth(*ALICE)) as client:
+            try:
+                client.get(target)
+            except ProxyAuthenticationError as exc:
+                caught.append(exc)
+            assert_pool_clean(client)
+
+    thread = threading.Thread(target=get, daemon=True)
+    thread.start()
+    thread.join(60)  # a guard against the hang, not a measurement
+    assert not thread.is_alive(), "the request is still draining the endless 407 body"
+    (error,) = caught
+    assert isinstance(error, ProxyAuthenticationError)
+    assert error.reason == "rejected"
     assert endless.connections == 2

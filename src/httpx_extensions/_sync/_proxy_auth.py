@@ -86,6 +86,12 @@ _PROXY_TRACE = "httpx_extensions.proxy_trace"
 # reconnects included.
 _MAX_LEGS = 8
 
+# The most of a 407's body read to keep its connection for the next leg. A 407 body is an
+# error page of a few KiB; one that goes on past this (a hostile or broken proxy streaming
+# without end, which no read timeout stops while bytes keep coming) costs the connection
+# instead: it is closed and the next leg goes on a new one.
+_MAX_407_BODY = 1 << 20
+
 # curl's --proxy-anyauth order: the strongest scheme the proxy offers wins.
 _STRENGTH = ("negotiate", "kerberos", "ntlm", "digest", "basic")
 
@@ -485,8 +491,7 @@ class ProxyAuthenticator:
                 return head
             if trace is not None and not leg.sent:
                 trace.append({"event": "offered", "schemes": [_display(k) for k in offered]})
-            for _chunk in head.stream:  # drained, so the next leg can use the connection
-                pass
+            _drain(head.stream, self._proxy)
             if leg.on_authenticated and not self._rechallenges:
                 self._rechallenges = True
                 logger.debug("proxy %s re-challenged an authenticated connection", self._proxy)
@@ -524,6 +529,25 @@ class ProxyAuthenticator:
             offered=schemes,
             reason=reason,
         )
+
+
+def _drain(stream: typing.Iterable[bytes], proxy: object) -> None:
+    """Read a 407's body so its connection can carry the next leg, up to ``_MAX_407_BODY``
+    bytes; past that, stop reading and leave the connection mid-body, so that it is not
+    reusable and the caller reconnects."""
+    read = 0
+    for chunk in stream:
+        read += len(chunk)
+        if read > _MAX_407_BODY:
+            logger.debug(
+                "proxy %s sent a 407 body of more than %d bytes: closing its connection",
+                proxy,
+                _MAX_407_BODY,
+            )
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # the body generator ends here, not when collected
+            return
 
 
 class _Handshake:
