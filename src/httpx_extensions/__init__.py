@@ -3,9 +3,11 @@
 See ``ExClient`` for the client, ``ExTransport`` for the transport, and ``docs/pool.md`` for
 how the pool works (the pages are installed with the package: ``httpx-extensions docs``).
 
-``NTLMAuth`` and ``NegotiateAuth`` are imported on first use, and pyspnego (with its crypto
-stack) with them, so programs that never authenticate never load them (``bench/startup.py``
-measures what the import costs).
+Every public name is imported on first use: ``NTLMAuth`` and ``NegotiateAuth`` with pyspnego
+(and its crypto stack), so programs that never authenticate never load them
+(``bench/startup.py`` measures what the import costs); the client, the transport and the
+exceptions with httpx, so ``import httpx_extensions.httpx2`` (the same library on httpx2)
+never imports httpx.
 """
 
 from __future__ import annotations
@@ -15,23 +17,23 @@ import typing
 
 from . import _redact  # noqa: F401  (installs the httpcore log filters; see its docstring)
 from .__version__ import __version__
-from ._client import ExClient
-from ._exceptions import (
-    AuthenticationError,
-    ConnectionStateError,
-    HTTPXExtensionsError,
-    PoolClosed,
-    PoolTimeout,
-    ProxyAuthenticationError,
-    UnsupportedConfiguration,
-)
 from ._extensions import CONN_ID, PARTITION
-from ._pool import ConnectionInfo, ConnectionState
-from ._proxy_auth import Proxy
-from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports them
     from ._auth import MutualAuth, NegotiateAuth, NTLMAuth
+    from ._client import ExClient
+    from ._exceptions import (
+        AuthenticationError,
+        ConnectionStateError,
+        HTTPXExtensionsError,
+        PoolClosed,
+        PoolTimeout,
+        ProxyAuthenticationError,
+        UnsupportedConfiguration,
+    )
+    from ._pool import ConnectionInfo, ConnectionState
+    from ._proxy_auth import Proxy
+    from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 __all__ = [
     "AsyncHTTPTransportMixin",
@@ -56,7 +58,24 @@ __all__ = [
 ]
 
 # Public name -> private module that defines it, imported on first access.
-_LAZY = {"MutualAuth": "._auth", "NTLMAuth": "._auth", "NegotiateAuth": "._auth"}
+_LAZY = {
+    "AsyncHTTPTransportMixin": "._transport",
+    "AuthenticationError": "._exceptions",
+    "ConnectionInfo": "._pool",
+    "ConnectionState": "._pool",
+    "ConnectionStateError": "._exceptions",
+    "ExClient": "._client",
+    "ExTransport": "._transport",
+    "HTTPXExtensionsError": "._exceptions",
+    "MutualAuth": "._auth",
+    "NTLMAuth": "._auth",
+    "NegotiateAuth": "._auth",
+    "PoolClosed": "._exceptions",
+    "PoolTimeout": "._exceptions",
+    "Proxy": "._proxy_auth",
+    "ProxyAuthenticationError": "._exceptions",
+    "UnsupportedConfiguration": "._exceptions",
+}
 
 
 def __getattr__(name: str) -> typing.Any:

@@ -26,12 +26,12 @@ import httpx
 from httpx._client import (
     USE_CLIENT_DEFAULT,
     BaseClient,
-    BoundAsyncStream,
     ClientState,
     UseClientDefault,
 )
 
 from ._exceptions import UnsupportedConfiguration
+from ._flavour import BODY_METHODS, bind_stream, client_logger
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
 from ._proxy_auth import check_proxy_auth
 from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
@@ -42,8 +42,6 @@ if typing.TYPE_CHECKING:
 __all__ = ["ExClient"]
 
 _DEFAULT_TIMEOUT = httpx.Timeout(timeout=5.0)
-# httpx logs each request at INFO on this logger; ExClient keeps doing so.
-_httpx_logger = logging.getLogger("httpx")
 # The body of every request built without one (immutable; safe to share).
 _EMPTY_BODY = httpx.ByteStream(b"")
 # Blank httpx objects, filled in attribute by attribute where httpx's __init__ would redo
@@ -284,7 +282,7 @@ class ExClient(httpx.AsyncClient):
             auto.append((b"Host", b"host", url.netloc))
         method = method.upper()  # as httpx.Request does (bytes stay bytes)
         if (
-            method in ("POST", "PUT", "PATCH")
+            method in BODY_METHODS
             and b"content-length" not in names
             and b"transfer-encoding" not in names
         ):
@@ -379,11 +377,12 @@ class ExClient(httpx.AsyncClient):
             response.request = request
             stream = response.stream
             assert isinstance(stream, httpx.AsyncByteStream)
-            response.stream = BoundAsyncStream(stream, response=response, start=started)
+            response.stream = bind_stream(stream, response, started)
             self.cookies.extract_cookies(response)
         response.default_encoding = self._default_encoding
-        if _httpx_logger.isEnabledFor(logging.INFO):
-            _httpx_logger.info(
+        # httpx logs each request at INFO on its logger; ExClient keeps doing so.
+        if client_logger.isEnabledFor(logging.INFO):
+            client_logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
                 request.method,
                 request.url,
