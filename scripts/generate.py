@@ -98,6 +98,45 @@ _HTTPX2_MODULES = (
 )
 TARGETS += tuple(Target(name, f"httpx2/{name}", ("httpx2",)) for name in _HTTPX2_MODULES)
 GENERATED_FOLDERS += ("httpx2",)
+# The project's own tests that exercise the pool, the parser, the auth, the client and proxy
+# auth, run against httpx_extensions.httpx2 as well (tests/httpx2/, the fixtures and servers
+# of tests/ shared). The httpx2 axis, then this one, which points the imports at the subpackage.
+AXES["httpx2-tests"] = (
+    Rule(r"from httpx_extensions import", "from httpx_extensions.httpx2 import"),
+    Rule(
+        r"from httpx_extensions\.(_auth|_client|_http11|_pool|_proxy_auth|_transport) import",
+        r"from httpx_extensions.httpx2.\1 import",
+    ),
+    Rule(r"httpx_extensions\._flavour\b", "httpx_extensions._flavour_httpx2"),
+    Rule(r"from \.conftest import", "from ..conftest import"),
+    Rule(r"from \.servers import", "from ..servers import"),
+)
+_HTTPX2_TESTS = (
+    "__init__.py",
+    "authflows.py",
+    "test_auth.py",
+    "test_client.py",
+    "test_flavour.py",
+    "test_http11.py",
+    "test_pool.py",
+    "test_proxy_auth.py",
+)
+_RESPX_ONLY = Rule(
+    "async def test_client_respx",
+    '@pytest.mark.skip(reason="respx mocks httpx and httpcore only; the path it takes is '
+    'test_flavour.py::test_flavour_a_patched_stock_pool_is_bound_as_upstream")\n'
+    "async def test_client_respx",
+)
+TARGETS += tuple(
+    Target(
+        f"tests/{name}",
+        f"tests/httpx2/{name}",
+        ("httpx2", "httpx2-tests"),
+        extra=(_RESPX_ONLY,) if name == "test_client.py" else (),
+    )
+    for name in _HTTPX2_TESTS
+)
+GENERATED_FOLDERS += ("tests/httpx2",)
 # --- end httpx2 -------------------------------------------------------------------------------
 
 BANNER = (

@@ -31,7 +31,13 @@ from httpx._client import (
 )
 
 from ._exceptions import UnsupportedConfiguration
-from ._flavour import BODY_METHODS, bind_stream, client_logger
+from ._flavour import (
+    BODY_METHODS,
+    SYNC_REQUEST_REFUSED,
+    bind_stream,
+    client_logger,
+    unfollowed_redirect,
+)
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
 from ._proxy_auth import check_proxy_auth
 from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
@@ -360,7 +366,7 @@ class ExClient(httpx.AsyncClient):
             return await super()._send_single_request(request)
         started = time.perf_counter()
         if not isinstance(request.stream, httpx.AsyncByteStream):
-            raise RuntimeError("Attempted to send an sync request with an AsyncClient instance.")
+            raise RuntimeError(SYNC_REQUEST_REFUSED)
         try:
             response = await transport.handle_async_request(request)
         except httpx.RequestError as exc:
@@ -439,14 +445,14 @@ class ExClient(httpx.AsyncClient):
             try:
                 response.history = []
                 if response.status_code in _REDIRECT_CODES and response.has_redirect_location:
-                    next_request = self._build_redirect_request(request, response)
                     if follow_redirects:
+                        next_request = self._build_redirect_request(request, response)
                         await response.aread()
                         response = await self._send_handling_redirects(
                             next_request, follow_redirects=True, history=[response]
                         )
                     else:
-                        response.next_request = next_request
+                        unfollowed_redirect(self, request, response)
                 else:
                     # This response is the last of the flow: end it now, so that reading
                     # the body frees the connection at once instead of reserving it to a

@@ -6,6 +6,7 @@ code it mirrors; ``tests/test_flavour.py`` checks both flavours against their pa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 
@@ -15,9 +16,13 @@ from httpx2._client import BoundAsyncStream
 __all__ = [
     "BODY_METHODS",
     "NAME",
+    "SYNC_REQUEST_REFUSED",
+    "SYNC_STREAM_REFUSED",
+    "UPSTREAM_CODE",
     "bind_stream",
     "client_logger",
     "default_ssl_context",
+    "unfollowed_redirect",
 ]
 
 #: The distribution whose ``AsyncClient`` ExClient subclasses (for messages and tests).
@@ -29,6 +34,11 @@ client_logger = logging.getLogger("httpx2")
 #: ``httpx2.Request.__init__`` (``httpx2._models``): the methods that get ``Content-Length: 0``
 #: when they are sent without a body; httpx2 added ``QUERY`` (RFC 10008).
 BODY_METHODS = ("POST", "PUT", "PATCH", "QUERY")
+
+#: ``httpx2.AsyncClient._send_single_request``: a request whose body is not async.
+SYNC_REQUEST_REFUSED = "Attempted to send a sync request with an AsyncClient instance."
+#: ``httpx2.Response.aclose``: a response whose stream is not async.
+SYNC_STREAM_REFUSED = "Attempted to call an async close on a sync stream."
 
 
 def default_ssl_context() -> ssl.SSLContext:
@@ -47,3 +57,37 @@ def bind_stream(
     the response), and ``httpx2.Response.elapsed`` reads it from there."""
     del response  # the httpx signature's argument; httpx2's wrapper does not take it
     return BoundAsyncStream(stream, start=start)
+
+
+def unfollowed_redirect(
+    client: httpx2.AsyncClient, request: httpx2.Request, response: httpx2.Response
+) -> None:
+    """The ``follow_redirects=False`` branch of ``httpx2.AsyncClient._send_handling_redirects``:
+    the next request goes on ``response.next_request``; httpx2 leaves it ``None`` for a
+    Location that is not a URL (httpx raised ``RemoteProtocolError``)."""
+    with contextlib.suppress(httpx2.RemoteProtocolError):
+        response.next_request = client._build_redirect_request(request, response)
+
+
+#: The upstream code ExClient overrides, or does the work of on its fast paths, each with the
+#: SHA-256 (first 16 hex digits) of its source as last read against ours. When httpx2
+#: changes one, ``tests/test_flavour.py`` fails: read the new code against the override
+#: (``_client.py``, ``_transport.py``), port what changed, and record the new digest here.
+UPSTREAM_CODE = {
+    "AsyncClient.__init__": "13f6cb0815629447",
+    "AsyncClient.send": "d35c44e4c5d773d1",
+    "AsyncClient._send_single_request": "d52736d2ea8c529b",
+    "AsyncClient._init_transport": "e0a943317ef65dd4",
+    "AsyncClient._init_proxy_transport": "95dcc6c52696881f",
+    "AsyncClient._send_handling_auth": "73be9fe146881fca",
+    "AsyncClient._send_handling_redirects": "b5d01089a129961c",
+    "BaseClient.build_request": "3b5079943b9776a0",
+    "AsyncHTTPTransport.__init__": "ed8da41b7119c7ad",
+    "Request.__init__": "1bccd583f10d7bb8",
+    "Response.__init__": "451ab7373ee4215a",
+    "Response.aread": "b3e3f5f85388b593",
+    "Response.aclose": "826a885c19b72aa7",
+    "Response.elapsed": "f031f05835d44b00",
+    "Cookies.extract_cookies": "677f72ed98cb7770",
+    "Cookies.__bool__": "227480ea5e4f09cf",
+}

@@ -28,7 +28,7 @@ import sniffio
 
 from ._exceptions import UnsupportedConfiguration
 from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
-from ._flavour import default_ssl_context
+from ._flavour import SYNC_STREAM_REFUSED, default_ssl_context
 from ._http11 import HTTP11Connection, ResponseHead, _Once
 from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str, close_all
@@ -290,7 +290,7 @@ class _Response(httpx.Response):
     async def aclose(self) -> None:
         # httpx's, with a try block in place of its generator-based context manager.
         if not isinstance(self.stream, httpx.AsyncByteStream):
-            raise RuntimeError("Attempted to call an async close on an sync stream.")
+            raise RuntimeError(SYNC_STREAM_REFUSED)
         if not self.is_closed:
             self.is_closed = True
             try:
