@@ -10,8 +10,9 @@ import contextlib
 import logging
 import ssl
 
-import httpx2
 from httpx2._client import BoundAsyncStream
+
+import httpx2
 
 __all__ = [
     "BODY_METHODS",
