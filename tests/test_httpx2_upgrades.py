@@ -108,12 +108,10 @@ async def test_upgrades_upgraded_stream_raises_httpcore2_errors(
     ):
         assert response.status_code == 101
         stream = response.extensions["network_stream"]
-        with pytest.raises(httpcore2.ReadTimeout):
+        with pytest.raises(httpcore2.ReadTimeout) as caught:
             await stream.read(1024, timeout=0.05)
+        assert type(caught.value) is httpcore2.ReadTimeout
         await stream.aclose()
-        with pytest.raises((httpcore2.WriteError, httpcore2.ReadError)):
-            await stream.write(b"x", timeout=1.0)
-            await stream.read(1024, timeout=1.0)
 
 
 class EventStreamServer:
