@@ -173,3 +173,20 @@ async def test_upgrades_sse_events_as_stock_httpx2(client_class: type[httpx2.Asy
     head = sse_server.heads[0].lower()
     assert b"\r\naccept: text/event-stream" in head
     assert b"\r\ncache-control: no-store" in head
+
+
+@pytest.mark.parametrize("client_class", CLIENTS, ids=lambda c: c.__name__)
+async def test_upgrades_query_method_as_stock_httpx2(
+    client_class: type[httpx2.AsyncClient],
+) -> None:
+    # httpx2's client.query(): the body goes out with the QUERY method (the event-stream
+    # server records the head; its answer is beside the point here).
+    with EventStreamServer() as server:
+        async with client_class() as client:
+            response = await client.query(server.url + "/search", content=b"q=1")
+            assert response.status_code == 200
+            empty = await client.query(server.url + "/search")
+            assert empty.status_code == 200
+    assert server.heads[0].startswith(b"QUERY /search HTTP/1.1\r\n")
+    assert b"\r\ncontent-length: 3" in server.heads[0].lower()
+    assert b"\r\ncontent-length: 0" in server.heads[1].lower()
