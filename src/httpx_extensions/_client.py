@@ -20,7 +20,6 @@ import ssl
 import time
 import typing
 from collections.abc import Callable, Mapping
-from http.cookiejar import CookieJar
 
 import httpx
 from httpx._client import (
@@ -33,6 +32,7 @@ from httpx._client import (
 from ._exceptions import UnsupportedConfiguration
 from ._flavour import (
     BODY_METHODS,
+    STOCK_COOKIE_JARS,
     SYNC_REQUEST_REFUSED,
     bind_stream,
     client_logger,
@@ -88,7 +88,7 @@ class _Cookies(httpx.Cookies):
         # two generators deep, to find out; an empty stock jar's dict of domains says so.
         # A dict that is not empty may still hold no cookie (cleared paths): ask httpx.
         jar = self.jar
-        if type(jar) is CookieJar and not jar._cookies:  # type: ignore[attr-defined]
+        if type(jar) in STOCK_COOKIE_JARS and not jar._cookies:  # type: ignore[attr-defined]
             return False
         return super().__bool__()
 

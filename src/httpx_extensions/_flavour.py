@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from http.cookiejar import CookieJar
 
 import certifi
 import httpx
@@ -17,6 +18,7 @@ from httpx._client import BoundAsyncStream
 __all__ = [
     "BODY_METHODS",
     "NAME",
+    "STOCK_COOKIE_JARS",
     "SYNC_REQUEST_REFUSED",
     "SYNC_STREAM_REFUSED",
     "UPSTREAM_CODE",
@@ -40,6 +42,10 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 SYNC_REQUEST_REFUSED = "Attempted to send an sync request with an AsyncClient instance."
 #: ``httpx.Response.aclose``: a response whose stream is not async.
 SYNC_STREAM_REFUSED = "Attempted to call an async close on an sync stream."
+
+#: The jar classes ``httpx.Cookies.__init__`` makes (``httpx._models``); for those, an empty
+#: ``_cookies`` dict means an empty jar (ExClient's cookie check skips iterating it).
+STOCK_COOKIE_JARS: tuple[type[CookieJar], ...] = (CookieJar,)
 
 
 def default_ssl_context() -> ssl.SSLContext:
@@ -85,5 +91,6 @@ UPSTREAM_CODE = {
     "Response.aclose": "f5682caf50a17357",
     "Response.elapsed": "387e2287357151f7",
     "Cookies.extract_cookies": "ed8dc7a9b42d238e",
+    "Cookies.__init__": "ac01259d6d59021c",
     "Cookies.__bool__": "227480ea5e4f09cf",
 }

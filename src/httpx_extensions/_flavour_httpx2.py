@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from http.cookiejar import CookieJar
 
 from httpx2._client import BoundAsyncStream
+from httpx2._cookies import IndexedCookieJar
 
 import httpx2
 
 __all__ = [
     "BODY_METHODS",
     "NAME",
+    "STOCK_COOKIE_JARS",
     "SYNC_REQUEST_REFUSED",
     "SYNC_STREAM_REFUSED",
     "UPSTREAM_CODE",
@@ -40,6 +43,10 @@ BODY_METHODS = ("POST", "PUT", "PATCH", "QUERY")
 SYNC_REQUEST_REFUSED = "Attempted to send a sync request with an AsyncClient instance."
 #: ``httpx2.Response.aclose``: a response whose stream is not async.
 SYNC_STREAM_REFUSED = "Attempted to call an async close on a sync stream."
+
+#: The jar classes ``httpx2.Cookies.__init__`` makes (``httpx2._models``); for those, an empty
+#: ``_cookies`` dict means an empty jar (ExClient's cookie check skips iterating it).
+STOCK_COOKIE_JARS: tuple[type[CookieJar], ...] = (CookieJar, IndexedCookieJar)
 
 
 def default_ssl_context() -> ssl.SSLContext:
@@ -90,5 +97,6 @@ UPSTREAM_CODE = {
     "Response.aclose": "826a885c19b72aa7",
     "Response.elapsed": "f031f05835d44b00",
     "Cookies.extract_cookies": "677f72ed98cb7770",
+    "Cookies.__init__": "d70130f69554260c",
     "Cookies.__bool__": "227480ea5e4f09cf",
 }

@@ -187,3 +187,19 @@ async def test_flavour_query_redirected_by_302_keeps_its_method_as_upstream(
             methods.append(response.json()["method"])
     assert methods[0] == methods[1]
     assert methods[1] == ("QUERY" if hasattr(httpx2.AsyncClient, "query") else "GET")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_flavour_the_default_cookie_jar_is_known() -> None:
+    # ExClient's empty-jar check (asked on every request) takes its shortcut only for the jar
+    # classes the upstream Cookies makes; httpx2 has a jar of its own.
+    from httpx_extensions._flavour_httpx2 import STOCK_COOKIE_JARS
+
+    async with ExClient() as client:
+        assert type(client.cookies.jar) in STOCK_COOKIE_JARS
+        assert type(httpx2.Cookies().jar) in STOCK_COOKIE_JARS
+        assert not client.cookies
+        client.cookies.set("a", "1", domain="example.test")
+        assert client.cookies
+        client.cookies.clear()
+        assert not client.cookies

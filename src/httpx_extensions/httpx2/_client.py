@@ -22,7 +22,6 @@ import ssl
 import time
 import typing
 from collections.abc import Callable, Mapping
-from http.cookiejar import CookieJar
 
 from httpx2._client import (
     USE_CLIENT_DEFAULT,
@@ -35,6 +34,7 @@ import httpx2
 
 from .._flavour_httpx2 import (
     BODY_METHODS,
+    STOCK_COOKIE_JARS,
     SYNC_REQUEST_REFUSED,
     bind_stream,
     client_logger,
@@ -91,7 +91,7 @@ class _Cookies(httpx2.Cookies):
         # two generators deep, to find out; an empty stock jar's dict of domains says so.
         # A dict that is not empty may still hold no cookie (cleared paths): ask httpx2.
         jar = self.jar
-        if type(jar) is CookieJar and not jar._cookies:  # type: ignore[attr-defined]
+        if type(jar) in STOCK_COOKIE_JARS and not jar._cookies:  # type: ignore[attr-defined]
             return False
         return super().__bool__()
 
