@@ -35,6 +35,8 @@ from _common import fmt_int, fmt_ratio  # noqa: E402
 CLIENTS = {
     "exclient": "ExClient",
     "httpx": "httpx.AsyncClient",
+    "exclient-httpx2": "ExClient on httpx2 (httpx_extensions.httpx2)",
+    "httpx2": "httpx2.AsyncClient",
     "aiohttp": "aiohttp.ClientSession",
     "raw": "raw asyncio (practical limit)",
     "exclient-uvloop": "ExClient on uvloop",
@@ -111,12 +113,17 @@ def _make_client(name: str, expected: bytes):
 
         return session, get
 
-    import httpx
+    if name in ("httpx2", "exclient-httpx2"):
+        import httpx2 as httpx  # the same API under another name
+    else:
+        import httpx
 
-    if name == "httpx":
+    if name in ("httpx", "httpx2"):
         cls = httpx.AsyncClient
     elif name == "exclient":
         from httpx_extensions import ExClient as cls
+    elif name == "exclient-httpx2":
+        from httpx_extensions.httpx2 import ExClient as cls
     else:
         raise ValueError(name)
     client = cls(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
@@ -255,6 +262,8 @@ def build_report(data: dict) -> tuple[str, list[str], list[str]]:
     cs = cfg["concurrency"]
     pairs = [
         ("exclient", "httpx"),
+        ("exclient-httpx2", "httpx2"),
+        ("exclient-httpx2", "exclient"),
         ("exclient", "aiohttp"),
         ("exclient-uvloop", "aiohttp-uvloop"),
         ("exclient", "raw"),

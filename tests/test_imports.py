@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +214,66 @@ def test_imports_cli_help_loads_no_auth_or_demo_server() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data == {"codes": [0, 0, 0, 0], "heavy": [], "usage": 3}
+
+
+def test_imports_httpx2_flavour_never_imports_httpx_or_httpcore(tmp_path: Path) -> None:
+    # An httpx2 user's environment (openai 3.x) has no httpx: the child refuses httpx,
+    # httpcore and certifi, then imports the httpx2 flavour, its lazy names and the testing
+    # servers, and makes an NTLM request to a loopback IIS-like server.
+    code = textwrap.dedent(
+        f"""
+        import asyncio, importlib.abc, json, sys
+
+        REFUSED = ("httpx", "httpcore", "certifi")
+        attempts = []
+
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in REFUSED:
+                    attempts.append(name)
+                    raise ModuleNotFoundError(f"{{name}} is refused by the test", name=name)
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        import httpx_extensions.httpx2 as flavour
+        from httpx_extensions.httpx2 import ExClient, NTLMAuth, NegotiateAuth, Proxy
+        from httpx_extensions.httpx2 import AuthenticationError, PoolTimeout
+        from httpx_extensions.testing import IISLikeServer, write_user_file
+        import httpx2
+
+        async def main():
+            users = write_user_file({str(tmp_path / "users.txt")!r},
+                                    [("EXAMPLE", "alice", "Passw0rd")])
+            with IISLikeServer(user_file=users) as server:
+                async with ExClient(auth=NTLMAuth("EXAMPLE\\\\alice", "Passw0rd")) as client:
+                    response = await client.get(server.url + "/")
+                    return response.status_code, response.json()["user"]
+
+        status, user = asyncio.run(main())
+        print(json.dumps({{
+            "attempts": attempts,
+            "status": status,
+            "user": user,
+            "base_is_httpx2s": ExClient.__mro__[1] is httpx2.AsyncClient,
+            "timeout_is_httpx2s": issubclass(PoolTimeout, httpx2.PoolTimeout),
+            "auth_error_is_httpx2s": issubclass(AuthenticationError, httpx2.HTTPError),
+            "same_conn_id": flavour.CONN_ID == "conn_id",
+            "loaded": sorted(m for m in sys.modules if m.partition(".")[0] in REFUSED),
+        }}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data == {
+        "attempts": [],
+        "status": 200,
+        "user": "EXAMPLE\\alice",
+        "base_is_httpx2s": True,
+        "timeout_is_httpx2s": True,
+        "auth_error_is_httpx2s": True,
+        "same_conn_id": True,
+        "loaded": [],
+    }

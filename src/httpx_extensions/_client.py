@@ -20,18 +20,24 @@ import ssl
 import time
 import typing
 from collections.abc import Callable, Mapping
-from http.cookiejar import CookieJar
 
 import httpx
 from httpx._client import (
     USE_CLIENT_DEFAULT,
     BaseClient,
-    BoundAsyncStream,
     ClientState,
     UseClientDefault,
 )
 
 from ._exceptions import UnsupportedConfiguration
+from ._flavour import (
+    BODY_METHODS,
+    STOCK_COOKIE_JARS,
+    SYNC_REQUEST_REFUSED,
+    bind_stream,
+    client_logger,
+    unfollowed_redirect,
+)
 from ._pool import ConnectionInfo, Flow, close_all, current_flow
 from ._proxy_auth import check_proxy_auth
 from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
@@ -42,8 +48,6 @@ if typing.TYPE_CHECKING:
 __all__ = ["ExClient"]
 
 _DEFAULT_TIMEOUT = httpx.Timeout(timeout=5.0)
-# httpx logs each request at INFO on this logger; ExClient keeps doing so.
-_httpx_logger = logging.getLogger("httpx")
 # The body of every request built without one (immutable; safe to share).
 _EMPTY_BODY = httpx.ByteStream(b"")
 # Blank httpx objects, filled in attribute by attribute where httpx's __init__ would redo
@@ -84,7 +88,7 @@ class _Cookies(httpx.Cookies):
         # two generators deep, to find out; an empty stock jar's dict of domains says so.
         # A dict that is not empty may still hold no cookie (cleared paths): ask httpx.
         jar = self.jar
-        if type(jar) is CookieJar and not jar._cookies:  # type: ignore[attr-defined]
+        if type(jar) in STOCK_COOKIE_JARS and not jar._cookies:  # type: ignore[attr-defined]
             return False
         return super().__bool__()
 
@@ -284,7 +288,7 @@ class ExClient(httpx.AsyncClient):
             auto.append((b"Host", b"host", url.netloc))
         method = method.upper()  # as httpx.Request does (bytes stay bytes)
         if (
-            method in ("POST", "PUT", "PATCH")
+            method in BODY_METHODS
             and b"content-length" not in names
             and b"transfer-encoding" not in names
         ):
@@ -362,7 +366,7 @@ class ExClient(httpx.AsyncClient):
             return await super()._send_single_request(request)
         started = time.perf_counter()
         if not isinstance(request.stream, httpx.AsyncByteStream):
-            raise RuntimeError("Attempted to send an sync request with an AsyncClient instance.")
+            raise RuntimeError(SYNC_REQUEST_REFUSED)
         try:
             response = await transport.handle_async_request(request)
         except httpx.RequestError as exc:
@@ -379,11 +383,12 @@ class ExClient(httpx.AsyncClient):
             response.request = request
             stream = response.stream
             assert isinstance(stream, httpx.AsyncByteStream)
-            response.stream = BoundAsyncStream(stream, response=response, start=started)
+            response.stream = bind_stream(stream, response, started)
             self.cookies.extract_cookies(response)
         response.default_encoding = self._default_encoding
-        if _httpx_logger.isEnabledFor(logging.INFO):
-            _httpx_logger.info(
+        # httpx logs each request at INFO on its logger; ExClient keeps doing so.
+        if client_logger.isEnabledFor(logging.INFO):
+            client_logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
                 request.method,
                 request.url,
@@ -440,14 +445,14 @@ class ExClient(httpx.AsyncClient):
             try:
                 response.history = []
                 if response.status_code in _REDIRECT_CODES and response.has_redirect_location:
-                    next_request = self._build_redirect_request(request, response)
                     if follow_redirects:
+                        next_request = self._build_redirect_request(request, response)
                         await response.aread()
                         response = await self._send_handling_redirects(
                             next_request, follow_redirects=True, history=[response]
                         )
                     else:
-                        response.next_request = next_request
+                        unfollowed_redirect(self, request, response)
                 else:
                     # This response is the last of the flow: end it now, so that reading
                     # the body frees the connection at once instead of reserving it to a

@@ -21,12 +21,12 @@ import typing
 from collections.abc import Iterable
 from types import TracebackType
 
-import certifi
 import httpcore
 import httpx
 
 from ._exceptions import UnsupportedConfiguration
 from ._extensions import CONN_ID, PARTITION, PREEMPTIVE
+from ._flavour import SYNC_STREAM_REFUSED, default_ssl_context
 from ._http11 import HTTP11Connection, ResponseHead, _Once
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str, close_all
 from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, check_proxy_auth
@@ -288,7 +288,7 @@ class _Response(httpx.Response):
     async def aclose(self) -> None:
         # httpx's, with a try block in place of its generator-based context manager.
         if not isinstance(self.stream, httpx.AsyncByteStream):
-            raise RuntimeError("Attempted to call an async close on an sync stream.")
+            raise RuntimeError(SYNC_STREAM_REFUSED)
         if not self.is_closed:
             self.is_closed = True
             try:
@@ -363,7 +363,7 @@ class ExTransport(httpx.AsyncBaseTransport):
         self._ssl: ssl.SSLContext | None = None
         if not (verify is True and cert is None and not _ca_from_env(trust_env)):
             # Anything but the default: built now, so a bad bundle, path or certificate
-            # fails here, as with httpx. The default (certifi's bundle, about 20 ms to load)
+            # fails here, as with httpx. The default (a CA bundle, about 20 ms to load)
             # is built on the first TLS connection, so clients that never open one never pay.
             self._ssl = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
             self._ssl.set_alpn_protocols(["http/1.1"])
@@ -433,8 +433,8 @@ class ExTransport(httpx.AsyncBaseTransport):
     @property
     def _ssl_context(self) -> ssl.SSLContext:
         context = self._ssl
-        if context is None:  # the default: certifi's bundle, as httpx's verify=True
-            context = self._ssl = ssl.create_default_context(cafile=certifi.where())
+        if context is None:  # the default, as httpx's verify=True (see _flavour)
+            context = self._ssl = default_ssl_context()
             context.set_alpn_protocols(["http/1.1"])
         return context
 

@@ -16,10 +16,17 @@ The plugin also
 * deselects the tests listed in ``deselected.txt`` (``nodeid  # reason``), failing the run
   if an entry matches no collected test, so the list cannot go stale;
 * writes the outcome counts as JSON for ``run.py`` (``--httpx-suite-results``).
+
+``run.py --httpx2`` runs the same tests with their names rewritten to httpx2/httpcore2; the
+environment then says which flavour (``HTTPX_SUITE_FLAVOUR=httpx2``: ``httpx2.AsyncClient``
+becomes ``httpx_extensions.httpx2.ExClient``) and whether this is the baseline run
+(``HTTPX_SUITE_BASELINE=1``: no swap, stock ``AsyncClient``; deselected.txt's ids are read with
+``AsyncClient`` for ``ExClient``, so both runs select the same tests).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -28,7 +35,11 @@ import sys
 import types
 import typing
 
-import httpx
+FLAVOUR = os.environ.get("HTTPX_SUITE_FLAVOUR", "httpx")
+BASELINE = os.environ.get("HTTPX_SUITE_BASELINE") == "1"
+if FLAVOUR not in ("httpx", "httpx2"):  # pragma: no cover
+    raise RuntimeError(f"HTTPX_SUITE_FLAVOUR must be httpx or httpx2, not {FLAVOUR!r}")
+httpx = importlib.import_module(FLAVOUR)
 
 # HTTPX_SUITE_MODE=sync (run.py --sync): httpx.Client -> ExSyncClient, the sync tests.
 SYNC = os.environ.get("HTTPX_SUITE_MODE") == "sync"
@@ -37,9 +48,17 @@ REAL_ASYNC_CLIENT = getattr(httpx, NAME)  # (the sync Client in sync mode)
 
 import pytest  # noqa: E402
 
-import httpx_extensions  # noqa: E402  (must come after capturing the real class)
-
-ExClient: type = httpx_extensions.ExSyncClient if SYNC else httpx_extensions.ExClient
+# (must come after capturing the real class)
+httpx_extensions = importlib.import_module(
+    "httpx_extensions" if FLAVOUR == "httpx" else "httpx_extensions.httpx2"
+)
+ExClient: type = (
+    REAL_ASYNC_CLIENT
+    if BASELINE
+    else httpx_extensions.ExSyncClient
+    if SYNC
+    else httpx_extensions.ExClient
+)
 
 # Test files are selected by run.py; inside them, these folders keep every async test.
 ASYNC_DIRS = ("tests/client/",)
@@ -71,32 +90,34 @@ def _functions_naming_async_client(module: types.ModuleType) -> list[str]:
 def _verify_swap() -> list[str]:
     """Check that the swap is visible to tests only; return a description of what was checked."""
     problems: list[str] = []
+    if BASELINE:
+        return []
     if REAL_ASYNC_CLIENT is ExClient or REAL_ASYNC_CLIENT.__qualname__ != NAME:
-        problems.append(f"httpx.{NAME} was already replaced: {REAL_ASYNC_CLIENT!r}")
+        problems.append(f"{FLAVOUR}.{NAME} was already replaced: {REAL_ASYNC_CLIENT!r}")
     if not issubclass(ExClient, REAL_ASYNC_CLIENT):
-        problems.append(f"{ExClient.__name__} does not subclass the real httpx.{NAME}")
-    if getattr(httpx._client, NAME) is not REAL_ASYNC_CLIENT:
-        problems.append(f"httpx._client.{NAME} is not the real class")
+        problems.append(f"{ExClient.__name__} does not subclass the real {FLAVOUR}.{NAME}")
+    if getattr(importlib.import_module(f"{FLAVOUR}._client"), NAME) is not REAL_ASYNC_CLIENT:
+        problems.append(f"{FLAVOUR}._client.{NAME} is not the real class")
     if getattr(httpx, NAME) is not ExClient:
-        problems.append(f"httpx.{NAME} is not {ExClient.__name__} after the swap")
+        problems.append(f"{FLAVOUR}.{NAME} is not {ExClient.__name__} after the swap")
     # Module globals bound to the swapped name, and code that looks the name up at run time.
     # httpx._client defines the class: its functions resolve `AsyncClient` to its own global.
     lookups: list[str] = []
     for name, module in sorted(sys.modules.items()):
         if module is None or not (
-            name == "httpx" or name.startswith(("httpx.", "httpx_extensions"))
+            name == FLAVOUR or name.startswith((f"{FLAVOUR}.", "httpx_extensions"))
         ):
             continue
-        if name != "httpx" and getattr(module, NAME, REAL_ASYNC_CLIENT) is ExClient:
+        if name != FLAVOUR and getattr(module, NAME, REAL_ASYNC_CLIENT) is ExClient:
             problems.append(f"{name}.{NAME} is {ExClient.__name__}")
-        if name != "httpx._client":
+        if name != f"{FLAVOUR}._client":
             lookups.extend(_functions_naming_async_client(module))
     if lookups:
         problems.append("functions that look up AsyncClient at run time: " + ", ".join(lookups))
     if problems:
         raise pytest.UsageError("httpx-suite: class swap check failed:\n  " + "\n  ".join(problems))
     return sorted(
-        n for n in sys.modules if n == "httpx" or n.startswith(("httpx.", "httpx_extensions"))
+        n for n in sys.modules if n == FLAVOUR or n.startswith((f"{FLAVOUR}.", "httpx_extensions"))
     )
 
 
@@ -117,10 +138,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if BASELINE:
+        return [f"httpx-suite: baseline, stock {FLAVOUR}.AsyncClient ({httpx.__version__})"]
     return [
-        f"httpx-suite: httpx.{NAME} -> {ExClient.__module__}.{ExClient.__name__} "
-        f"(httpx_extensions {httpx_extensions.__version__}, httpx {httpx.__version__}); "
-        f"real class kept by {len(_CHECKED_MODULES)} httpx/httpx_extensions modules (checked)"
+        f"httpx-suite: {FLAVOUR}.{NAME} -> {ExClient.__module__}.{ExClient.__name__} "
+        f"(httpx_extensions {httpx_extensions.__version__}, {FLAVOUR} {httpx.__version__}); "
+        f"real class kept by {len(_CHECKED_MODULES)} {FLAVOUR}/httpx_extensions modules "
+        "(checked)"
     ]
 
 
@@ -135,6 +159,8 @@ def read_deselected(path: pathlib.Path) -> dict[str, str]:
         if not sep or not reason.strip():
             raise pytest.UsageError(f"{path}:{number}: expected 'nodeid  # reason', got {raw!r}")
         nodeid = nodeid.strip()
+        if BASELINE:  # the parametrized ids name the stock class there
+            nodeid = nodeid.replace("[ExClient-", "[AsyncClient-")
         if nodeid in entries:
             raise pytest.UsageError(f"{path}:{number}: duplicate entry {nodeid}")
         entries[nodeid] = reason.strip()
@@ -233,7 +259,7 @@ def pytest_collection_modifyitems(
             "deselected.txt:\n  " + "\n  ".join(network)
         )
     for item in selected:
-        module_httpx = getattr(item.module, "httpx", httpx)
+        module_httpx = getattr(item.module, FLAVOUR, httpx)
         if module_httpx is not httpx:  # pragma: no cover
             raise pytest.UsageError(f"{item.nodeid}: its module imported another httpx")
     if deselected:
@@ -258,7 +284,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if getattr(httpx, NAME) is not ExClient:  # pragma: no cover
-        _State.outcomes["error"].append(f"<session>: httpx.{NAME} was restored mid-run")
+        _State.outcomes["error"].append(f"<session>: {FLAVOUR}.{NAME} was restored mid-run")
     path = session.config.getoption("--httpx-suite-results")
     if not path:
         return

@@ -17,6 +17,11 @@ passed on to pytest. See README.md.
 ``run.py --sync`` does the same for httpx's sync ``Client`` tests with
 ``httpx_extensions.ExSyncClient`` in its place (deselections in ``deselected-sync.txt``, their
 own list in README.md; ``--sync --update-readme`` rewrites it).
+``run.py --httpx2`` runs the same tests on httpx2: a copy of them with ``httpx``/``httpcore``
+rewritten to ``httpx2``/``httpcore2`` (word boundaries, as scripts/generate does), first against
+stock ``httpx2.AsyncClient`` (the baseline), then with ``httpx_extensions.httpx2.ExClient`` in
+its place. It prints both counts and fails if a test that passed on the baseline does not pass
+on ours, unless deselected.txt or deselected-httpx2.txt lists it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import typing
 
 HERE = pathlib.Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
@@ -46,6 +52,12 @@ SUITE_DIR = CACHE / f"httpx-{HTTPX_VERSION}"
 READY_MARKER = SUITE_DIR / ".extracted"
 
 REQUIREMENTS = HERE / "requirements.txt"
+# The httpx2 mode: the rewritten copy of the tests, and what it deselects on top of
+# deselected.txt (nothing today: the file keeps the format, and the runs read it).
+HTTPX2_SUITE_DIR = CACHE / f"httpx-{HTTPX_VERSION}-as-httpx2"
+HTTPX2_READY_MARKER = HTTPX2_SUITE_DIR / ".rewritten"
+HTTPX2_REWRITES = ((re.compile(r"\bhttpx\b"), "httpx2"), (re.compile(r"\bhttpcore\b"), "httpcore2"))
+DESELECTED_HTTPX2 = HERE / "deselected-httpx2.txt"
 README = HERE / "README.md"
 # The mode: "async" (AsyncClient -> ExClient) or "sync" (Client -> ExSyncClient, --sync).
 SYNC = "--sync" in sys.argv[1:]
@@ -128,6 +140,29 @@ def extract(archive: pathlib.Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     READY_MARKER.write_text(SDIST_SHA256)
     log(f"extracted tests/ and pyproject.toml of {SDIST}")
+
+
+def rewrite_for_httpx2() -> None:
+    """Copy the extracted tests and pyproject.toml to HTTPX2_SUITE_DIR with httpx and httpcore
+    renamed to httpx2 and httpcore2 (httpx2 is httpx 0.28.1's API under those names)."""
+    stamp = SDIST_SHA256 + repr([(p.pattern, r) for p, r in HTTPX2_REWRITES])
+    if HTTPX2_READY_MARKER.is_file() and HTTPX2_READY_MARKER.read_text() == stamp:
+        return
+    shutil.rmtree(HTTPX2_SUITE_DIR, ignore_errors=True)
+    for path in sorted(SUITE_DIR.rglob("*")):
+        if not path.is_file() or path == READY_MARKER:
+            continue
+        target = HTTPX2_SUITE_DIR / path.relative_to(SUITE_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".py", ".toml"):
+            text = path.read_text(encoding="utf-8")
+            for pattern, replacement in HTTPX2_REWRITES:
+                text = pattern.sub(replacement, text)
+            target.write_text(text, encoding="utf-8")
+        else:
+            shutil.copyfile(path, target)
+    HTTPX2_READY_MARKER.write_text(stamp)
+    log(f"rewrote the tests of {SDIST} for httpx2 into {HTTPX2_SUITE_DIR.name}/")
 
 
 def read_requirements() -> list[tuple[str, str]]:
@@ -227,6 +262,121 @@ def test_files() -> list[str]:
     return files
 
 
+def run_pytest(
+    suite_dir: pathlib.Path,
+    files: list[str],
+    extra: list[str],
+    partial: bool,
+    deselect: pathlib.Path,
+    environ: dict[str, str],
+) -> tuple[int, dict[str, typing.Any] | None]:
+    """Run pytest on ``files`` of ``suite_dir`` with the plugin; (exit code, its results)."""
+    results = pathlib.Path(tempfile.mkstemp(prefix="httpx-suite-", suffix=".json")[1])
+    env = dict(os.environ, **environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "exclient_plugin",
+        "--rootdir",
+        str(suite_dir),
+        "-c",
+        str(suite_dir / "pyproject.toml"),
+        f"--httpx-suite-deselect={deselect}",
+        f"--httpx-suite-results={results}",
+        *(["--httpx-suite-partial"] if partial else []),
+        *files,
+        *extra,
+    ]
+    code = 1
+    data = None
+    try:
+        code = subprocess.run(command, cwd=suite_dir, env=env, timeout=PYTEST_TIMEOUT).returncode
+        data = json.loads(results.read_text(encoding="utf-8") or "null")
+    except subprocess.TimeoutExpired:
+        log(f"pytest did not finish within {PYTEST_TIMEOUT} s")
+    except (OSError, ValueError):
+        pass
+    finally:
+        results.unlink(missing_ok=True)
+    if data is None:
+        log(f"pytest exited {code} without results")
+    elif code not in (0, 1):
+        log(f"pytest exited {code}")
+    return code, data
+
+
+def summarize(data: dict[str, typing.Any], label: str) -> tuple[set[str], set[str]]:
+    """Log the counts of one run; return (passed, failed-or-errored) node ids."""
+    outcomes = data["outcomes"]
+    bad = set(outcomes["failed"]) | set(outcomes["error"]) | set(outcomes["xpassed"])
+    passed = set(outcomes["passed"]) - bad
+    skipped = set(outcomes["skipped"]) | set(outcomes["xfailed"])
+    kind = "Client" if SYNC else "AsyncClient"
+    log(f"{label}{data['out_of_scope']} collected tests of these files are not {kind} tests")
+    log(
+        f"{label}{len(passed)} passed, {len(bad)} failed, {len(skipped)} skipped, "
+        f"{data['deselected']} deselected"
+    )
+    return passed, bad
+
+
+def combined_deselect() -> pathlib.Path:
+    """deselected.txt and deselected-httpx2.txt in one file, for the httpx2 runs."""
+    path = CACHE / "deselected-httpx2-combined.txt"
+    path.write_text(
+        DESELECTED.read_text(encoding="utf-8")
+        + "\n"
+        + DESELECTED_HTTPX2.read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    return path
+
+
+def main_httpx2(files: list[str], extra: list[str], partial: bool) -> int:
+    """Baseline (stock httpx2.AsyncClient), then ours; a baseline pass must pass on ours."""
+    try:
+        version = importlib.metadata.version("httpx2")
+    except importlib.metadata.PackageNotFoundError:
+        sys.exit("httpx-suite: httpx2 is not installed in this environment (the dev extra has it)")
+    rewrite_for_httpx2()
+    deselect = combined_deselect()
+    runs = {}
+    for label, baseline in (("baseline", "1"), ("ExClient", "0")):
+        log(f"httpx2 {version}, {label}: running the rewritten tests")
+        code, data = run_pytest(
+            HTTPX2_SUITE_DIR,
+            files,
+            extra,
+            partial,
+            deselect,
+            {"HTTPX_SUITE_FLAVOUR": "httpx2", "HTTPX_SUITE_BASELINE": baseline},
+        )
+        if data is None:
+            return code or 1
+        runs[label] = data
+    base_passed, base_bad = summarize(runs["baseline"], "httpx2 baseline (httpx2.AsyncClient): ")
+    ours_passed, _ours_bad = summarize(runs["ExClient"], "httpx2 ours (ExClient): ")
+
+    def normal(nodeid: str) -> str:  # parametrized ids name the class
+        return nodeid.replace("[ExClient-", "[AsyncClient-")
+
+    regressions = sorted({normal(n) for n in base_passed} - {normal(n) for n in ours_passed})
+    for nodeid in sorted(base_bad):
+        log(f"httpx2 baseline also fails (not counted against ExClient): {nodeid}")
+    for nodeid in regressions:
+        log(f"FAILED on ExClient, passed on the baseline: {nodeid}")
+    log(
+        f"httpx2: {len(base_passed)} passed on httpx2.AsyncClient, {len(ours_passed)} on "
+        f"ExClient; {len(regressions)} passed on the baseline only"
+    )
+    return 1 if regressions else 0
+
+
 def main() -> int:
     extra = [arg for arg in sys.argv[1:] if arg != "--sync"]  # to pytest, but for these
     if extra[:1] in (["-h"], ["--help"]):
@@ -234,17 +384,21 @@ def main() -> int:
         return 0
     if extra[:1] == ["--update-readme"]:
         return 0 if check_readme(update=True) else 1
+    httpx2_mode = "--httpx2" in extra
+    extra = [arg for arg in extra if arg != "--httpx2"]
     if not check_readme(update=False):
         return 1
 
-    try:
-        httpx_version = importlib.metadata.version("httpx")
-    except importlib.metadata.PackageNotFoundError:
-        sys.exit("httpx-suite: httpx is not installed in this environment")
-    if httpx_version != HTTPX_VERSION:
-        sys.exit(
-            f"httpx-suite: installed httpx is {httpx_version}, this suite is for {HTTPX_VERSION}"
-        )
+    if not httpx2_mode:
+        try:
+            httpx_version = importlib.metadata.version("httpx")
+        except importlib.metadata.PackageNotFoundError:
+            sys.exit("httpx-suite: httpx is not installed in this environment")
+        if httpx_version != HTTPX_VERSION:
+            sys.exit(
+                f"httpx-suite: installed httpx is {httpx_version}, this suite is for "
+                f"{HTTPX_VERSION}"
+            )
 
     extract(fetch_sdist())
     install_missing()
@@ -260,57 +414,21 @@ def main() -> int:
     if partial:
         extra = [arg for arg in extra if arg not in chosen]
         files = chosen
-    results = pathlib.Path(tempfile.mkstemp(prefix="httpx-suite-", suffix=".json")[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    env["HTTPX_SUITE_MODE"] = "sync" if SYNC else "async"
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "exclient_plugin",
-        "--rootdir",
-        str(SUITE_DIR),
-        "-c",
-        str(SUITE_DIR / "pyproject.toml"),
-        f"--httpx-suite-deselect={DESELECTED}",
-        f"--httpx-suite-results={results}",
-        *(["--httpx-suite-partial"] if partial else []),
-        *files,
-        *extra,
-    ]
-    code = 1
-    try:
-        code = subprocess.run(command, cwd=SUITE_DIR, env=env, timeout=PYTEST_TIMEOUT).returncode
-        data = json.loads(results.read_text(encoding="utf-8") or "null")
-    except subprocess.TimeoutExpired:
-        log(f"pytest did not finish within {PYTEST_TIMEOUT} s")
-        data = None
-    except (OSError, ValueError):
-        data = None
-    finally:
-        results.unlink(missing_ok=True)
-
+    if httpx2_mode:
+        return main_httpx2(files, extra, partial)
+    code, data = run_pytest(
+        SUITE_DIR,
+        files,
+        extra,
+        partial,
+        DESELECTED,
+        {"HTTPX_SUITE_MODE": "sync" if SYNC else "async"},
+    )
     if data is None:
-        log(f"pytest exited {code} without results")
         return code or 1
-    if code not in (0, 1):
-        log(f"pytest exited {code}")
-    outcomes = data["outcomes"]
-    bad = set(outcomes["failed"]) | set(outcomes["error"]) | set(outcomes["xpassed"])
-    passed = set(outcomes["passed"]) - bad
-    skipped = set(outcomes["skipped"]) | set(outcomes["xfailed"])
-    kind = "Client" if SYNC else "AsyncClient"
-    log(f"{data['out_of_scope']} collected tests of these files are not {kind} tests")
+    _passed, bad = summarize(data, "")
     for nodeid in sorted(bad):
         log(f"FAILED {nodeid}")
-    log(
-        f"{len(passed)} passed, {len(bad)} failed, {len(skipped)} skipped, "
-        f"{data['deselected']} deselected"
-    )
     if bad or code != 0:
         return code or 1
     return 0
