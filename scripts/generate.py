@@ -99,11 +99,14 @@ AXES["sync"] = (
     Rule(r"httpx\.AsyncBaseTransport", "httpx.BaseTransport"),
     Rule(r"httpx\.AsyncHTTPTransport", "httpx.HTTPTransport"),
     Rule(r"httpx\.AsyncByteStream", "httpx.SyncByteStream"),
-    Rule("BoundAsyncStream", "BoundSyncStream"),
+    Rule("bind_stream", "bind_sync_stream"),
     Rule(r"httpcore\.AsyncNetworkStream", "httpcore.NetworkStream"),
     Rule(r"httpcore\.AsyncConnectionPool", "httpcore.ConnectionPool"),
     Rule("AsyncHTTP11Connection", "HTTP11Connection"),
     Rule("handle_async_request", "handle_request"),
+    # httpx's wording for the wrong kind of body or stream (the flavour modules hold both).
+    Rule("SYNC_REQUEST_REFUSED", "ASYNC_REQUEST_REFUSED"),
+    Rule("SYNC_STREAM_REFUSED", "ASYNC_STREAM_REFUSED"),
     Rule(r"\._async_(new_context|step)\b", r"._sync_\1"),  # the auth's driver pairs
     Rule("aclose", "close"),
     Rule("aread", "read"),
@@ -161,24 +164,12 @@ TARGETS += (
                 r"AsyncHTTPTransportMixin = ExSyncTransport",
                 "",
             ),
-            # httpx.Response's own wording, sync side.
-            Rule(
-                "Attempted to call an async close on an sync stream.",
-                "Attempted to call an sync close on an async stream.",
-            ),
         ),
     ),
     Target(
         "_client.py",
         "_sync/_client.py",
         ("sync",),
-        extra=(
-            # httpx.Client's own wording.
-            Rule(
-                "Attempted to send an sync request with an AsyncClient instance.",
-                "Attempted to send an async request with an sync Client instance.",
-            ),
-        ),
     ),
 )
 GENERATED_FOLDERS += ("_sync",)

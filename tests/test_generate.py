@@ -128,6 +128,8 @@ def test_generate_sorts_and_dedupes_imports_a_rename_disturbed(
     assert gen.main([]) == 0
     text = (gen.PACKAGE / "v" / "_mod.py").read_text(encoding="utf-8")
     assert "from collections.abc import Iterable\n" in text
+
+
 def test_generate_tests_paths_are_relative_to_the_repository(
     gen: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,9 +13,11 @@ from http.cookiejar import CookieJar
 
 import certifi
 import httpx
-from httpx._client import BoundAsyncStream
+from httpx._client import BoundAsyncStream, BoundSyncStream
 
 __all__ = [
+    "ASYNC_REQUEST_REFUSED",
+    "ASYNC_STREAM_REFUSED",
     "BODY_METHODS",
     "NAME",
     "STOCK_COOKIE_JARS",
@@ -23,6 +25,7 @@ __all__ = [
     "SYNC_STREAM_REFUSED",
     "UPSTREAM_CODE",
     "bind_stream",
+    "bind_sync_stream",
     "client_logger",
     "default_ssl_context",
     "unfollowed_redirect",
@@ -42,6 +45,10 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 SYNC_REQUEST_REFUSED = "Attempted to send an sync request with an AsyncClient instance."
 #: ``httpx.Response.aclose``: a response whose stream is not async.
 SYNC_STREAM_REFUSED = "Attempted to call an async close on an sync stream."
+#: ``httpx.Client._send_single_request``: a request whose body is not sync (ExSyncClient).
+ASYNC_REQUEST_REFUSED = "Attempted to send an async request with a sync Client instance."
+#: ``httpx.Response.close``: a response whose stream is not sync (ExSyncClient).
+ASYNC_STREAM_REFUSED = "Attempted to call an sync close on an async stream."
 
 #: The jar classes ``httpx.Cookies.__init__`` makes (``httpx._models``); for those, an empty
 #: ``_cookies`` dict means an empty jar (ExClient's cookie check skips iterating it).
@@ -62,8 +69,15 @@ def bind_stream(
     return BoundAsyncStream(stream, response=response, start=start)
 
 
+def bind_sync_stream(
+    stream: httpx.SyncByteStream, response: httpx.Response, start: float
+) -> httpx.SyncByteStream:
+    """``bind_stream`` for ExSyncClient: ``httpx.Client._send_single_request``'s wrapper."""
+    return BoundSyncStream(stream, response=response, start=start)
+
+
 def unfollowed_redirect(
-    client: httpx.AsyncClient, request: httpx.Request, response: httpx.Response
+    client: httpx.AsyncClient | httpx.Client, request: httpx.Request, response: httpx.Response
 ) -> None:
     """The ``follow_redirects=False`` branch of ``httpx.AsyncClient._send_handling_redirects``:
     the next request goes on ``response.next_request``; a Location that is not a URL raises

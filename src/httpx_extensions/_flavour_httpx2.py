@@ -11,12 +11,14 @@ import logging
 import ssl
 from http.cookiejar import CookieJar
 
-from httpx2._client import BoundAsyncStream
+from httpx2._client import BoundAsyncStream, BoundSyncStream
 from httpx2._cookies import IndexedCookieJar
 
 import httpx2
 
 __all__ = [
+    "ASYNC_REQUEST_REFUSED",
+    "ASYNC_STREAM_REFUSED",
     "BODY_METHODS",
     "NAME",
     "STOCK_COOKIE_JARS",
@@ -24,6 +26,7 @@ __all__ = [
     "SYNC_STREAM_REFUSED",
     "UPSTREAM_CODE",
     "bind_stream",
+    "bind_sync_stream",
     "client_logger",
     "default_ssl_context",
     "unfollowed_redirect",
@@ -43,6 +46,10 @@ BODY_METHODS = ("POST", "PUT", "PATCH", "QUERY")
 SYNC_REQUEST_REFUSED = "Attempted to send a sync request with an AsyncClient instance."
 #: ``httpx2.Response.aclose``: a response whose stream is not async.
 SYNC_STREAM_REFUSED = "Attempted to call an async close on a sync stream."
+#: ``httpx2.Client._send_single_request``: a request whose body is not sync (ExSyncClient).
+ASYNC_REQUEST_REFUSED = "Attempted to send an async request with a sync Client instance."
+#: ``httpx2.Response.close``: a response whose stream is not sync (ExSyncClient).
+ASYNC_STREAM_REFUSED = "Attempted to call a sync close on an async stream."
 
 #: The jar classes ``httpx2.Cookies.__init__`` makes (``httpx2._models``); for those, an empty
 #: ``_cookies`` dict means an empty jar (ExClient's cookie check skips iterating it).
@@ -67,8 +74,18 @@ def bind_stream(
     return BoundAsyncStream(stream, start=start)
 
 
+def bind_sync_stream(
+    stream: httpx2.SyncByteStream, response: httpx2.Response, start: float
+) -> httpx2.SyncByteStream:
+    """``bind_stream`` for the sync client: ``httpx2.Client._send_single_request``'s wrapper."""
+    del response  # as in bind_stream
+    return BoundSyncStream(stream, start=start)
+
+
 def unfollowed_redirect(
-    client: httpx2.AsyncClient, request: httpx2.Request, response: httpx2.Response
+    client: httpx2.AsyncClient | httpx2.Client,
+    request: httpx2.Request,
+    response: httpx2.Response,
 ) -> None:
     """The ``follow_redirects=False`` branch of ``httpx2.AsyncClient._send_handling_redirects``:
     the next request goes on ``response.next_request``; httpx2 leaves it ``None`` for a

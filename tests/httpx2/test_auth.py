@@ -243,12 +243,6 @@ async def test_auth_pins_each_leg_to_the_challenged_connection(iis: IISLikeServe
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_auth_sync_client_is_refused(iis: IISLikeServer) -> None:
-    with httpx2.Client() as client, pytest.raises(RuntimeError, match="async clients"):
-        client.get(iis.url + "/", auth=NTLMAuth(*ALICE))  # noqa: ASYNC212
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_auth_bad_arguments() -> None:
     with pytest.raises(TypeError, match="two strings"):
         NTLMAuth("alice", None)  # type: ignore[arg-type]

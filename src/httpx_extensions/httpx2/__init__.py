@@ -22,6 +22,7 @@ from .._extensions import CONN_ID, PARTITION
 from . import _redact  # noqa: F401  (installs the httpcore2 log filters; see its docstring)
 
 if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ imports them
+    from .._state import ConnectionInfo, ConnectionState
     from ._auth import MutualAuth, NegotiateAuth, NTLMAuth
     from ._client import ExClient
     from ._exceptions import (
@@ -33,7 +34,6 @@ if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ impo
         ProxyAuthenticationError,
         UnsupportedConfiguration,
     )
-    from ._pool import ConnectionInfo, ConnectionState
     from ._proxy_auth import Proxy
     from ._transport import AsyncHTTPTransportMixin, ExTransport
 
@@ -63,8 +63,8 @@ __all__ = [
 _LAZY = {
     "AsyncHTTPTransportMixin": "._transport",
     "AuthenticationError": "._exceptions",
-    "ConnectionInfo": "._pool",
-    "ConnectionState": "._pool",
+    "ConnectionInfo": "._state",
+    "ConnectionState": "._state",
     "ConnectionStateError": "._exceptions",
     "ExClient": "._client",
     "ExTransport": "._transport",

@@ -31,11 +31,13 @@ import importlib
 import logging
 import re
 import sys
+import threading
+import typing
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-import anyio.to_thread
 import spnego
 import spnego.channel_bindings
 import spnego.exceptions
@@ -44,6 +46,7 @@ import httpx2
 
 from .._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from ._exceptions import AuthenticationError
+from ._synchronization import async_run_blocking, sync_run_blocking
 
 __all__ = ["AuthenticationError", "MutualAuth", "NTLMAuth", "NegotiateAuth"]
 
@@ -220,17 +223,86 @@ def _rejection(context: spnego.ContextProxy, in_token: bytes | None) -> str | No
     return None
 
 
-async def _abandon(response: httpx2.Response) -> None:
-    """Close the connection of a server that failed mutual authentication.
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A handshake step for the driver: a blocking provider call (a Kerberos ccache read,
+    SSPI). The async driver runs it in a worker thread, the sync driver inline."""
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Abandon:
+    """A handshake step for the driver: close the connection of a server that failed mutual
+    authentication.
 
     The server considers the connection authenticated: left in the pool, it would serve this
     identity's next requests with no handshake, so with no check of the server at all. A
     closed stream makes the pool drop the connection at its next pick.
     """
-    stream = response.extensions.get("network_stream")
+
+    response: httpx2.Response
+
+
+# What the handshake generators yield: a request to send (the flow's only), or a step.
+_Item = httpx2.Request | _Call | _Abandon
+_Steps = Generator[_Call | _Abandon, Any, T]
+
+
+async def _async_do(item: _Call | _Abandon) -> Any:
+    if isinstance(item, _Call):
+        return await async_run_blocking(item.func, *item.args)
+    stream = item.response.extensions.get("network_stream")
     if stream is not None:
         with contextlib.suppress(Exception):  # already broken: nothing left to close
             await stream.aclose()
+    return None
+
+
+def _sync_do(item: _Call | _Abandon) -> Any:
+    if isinstance(item, _Call):
+        return sync_run_blocking(item.func, *item.args)
+    stream = item.response.extensions.get("network_stream")
+    if stream is not None:
+        with contextlib.suppress(Exception):  # already broken: nothing left to close
+            stream.close()
+    return None
+
+
+async def _async_run(steps: _Steps[T]) -> T:
+    """Drive ``steps`` to its return value, each step awaited (calls in a worker thread)."""
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            item = steps.send(result) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return typing.cast(T, stop.value)
+        result, error = None, None
+        try:
+            result = await _async_do(item)
+        except Exception as exc:  # the generator's to handle (it wraps provider errors)
+            error = exc
+
+
+def _sync_run(steps: _Steps[T]) -> T:
+    """Drive ``steps`` to its return value, each step inline (we are a thread already)."""
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            item = steps.send(result) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return typing.cast(T, stop.value)
+        result, error = None, None
+        try:
+            result = _sync_do(item)
+        except Exception as exc:  # the generator's to handle (it wraps provider errors)
+            error = exc
 
 
 def _channel_bindings(response: httpx2.Response) -> object | None:
@@ -296,6 +368,9 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
         self._partition = _Identity(
             type(self).__name__, (username or "<current user>").casefold(), secret
         )
+        # What the auth learns about servers, shared by every flow (and thread) using it;
+        # changed under this lock. (Handshake state lives in each flow's locals.)
+        self._lock = threading.Lock()
         self._authenticated: OrderedDict[int, None] = OrderedDict()
         self._rechallenging: set[str] = set()
         # NTLM with a password: spnego.client() derives the LM and NT hashes for every context
@@ -311,20 +386,64 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
 
     # The flow.
 
+    # The drivers. The handshake itself is one generator (_handshake) that yields the requests
+    # to send and the steps to run (a blocking provider call, closing a connection); the
+    # async driver awaits the steps (calls in a worker thread), the sync driver runs them
+    # inline. So ExClient and ExSyncClient share one handshake, and one auth object.
+
     def sync_auth_flow(
         self, request: httpx2.Request
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        raise RuntimeError(
-            f"{type(self).__name__} works with async clients (ExClient); "
-            "a sync httpx2.Client cannot keep a handshake on one connection."
-        )
-        yield request  # pragma: no cover - makes this a generator, as httpx2 expects
+        # A streamed body is read into memory so that the final leg can send it again.
+        request.read()
+        handshake = self._handshake(request, sync=True)
+        try:
+            result: Any = None
+            error: Exception | None = None
+            while True:
+                try:
+                    item = handshake.send(result) if error is None else handshake.throw(error)
+                except StopIteration:
+                    return
+                result, error = None, None
+                if isinstance(item, httpx2.Request):
+                    result = yield item
+                    continue
+                try:
+                    result = _sync_do(item)
+                except Exception as exc:  # the handshake's to handle (it wraps them)
+                    error = exc
+        finally:
+            handshake.close()
 
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         # A streamed body is read into memory so that the final leg can send it again.
         await request.aread()
+        handshake = self._handshake(request, sync=False)
+        try:
+            result: Any = None
+            error: Exception | None = None
+            while True:
+                try:
+                    item = handshake.send(result) if error is None else handshake.throw(error)
+                except StopIteration:
+                    return
+                result, error = None, None
+                if isinstance(item, httpx2.Request):
+                    result = yield item
+                    continue
+                try:
+                    result = await _async_do(item)
+                except Exception as exc:  # the handshake's to handle (it wraps them)
+                    error = exc
+        finally:
+            handshake.close()
+
+    # The flow.
+
+    def _handshake(self, request: httpx2.Request, *, sync: bool) -> Generator[_Item, Any, None]:
         request.extensions[PARTITION] = self._partition
         trace: list[dict[str, object]] | None = request.extensions.get(_AUTH_TRACE)
         # The origin is named only when needed: a server that re-challenges was seen, or
@@ -346,7 +465,9 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
         else:
             if self._preemptive:
                 # The transport calls this only if the request opens a new connection.
-                request.extensions[PREEMPTIVE] = self._preempter(request, preempted, trace)
+                request.extensions[PREEMPTIVE] = self._preempter(
+                    request, preempted, trace, sync=sync
+                )
             response = yield request
             if self._preemptive:
                 request.extensions.pop(PREEMPTIVE, None)
@@ -363,7 +484,8 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                 origin = origin or _origin(request.url)
                 conn_id = response.extensions.get(CONN_ID)
                 if conn_id is not None and conn_id in self._authenticated:
-                    self._rechallenging.add(origin)
+                    with self._lock:
+                        self._rechallenging.add(origin)
                     logger.debug(
                         "%s challenged an authenticated connection: going preemptive", origin
                     )
@@ -375,8 +497,8 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
         if not preempted:
             if trace is not None:
                 trace.append(self._context_record(protocol, request, bindings))
-            context = await self._new_context(protocol, request, bindings)
-            token = await self._step(context, None, scheme, request)
+            context = yield from self._new_context(protocol, request, bindings)
+            token = yield from self._step(context, None, scheme, request)
         first, restarted = not preempted, False
         for _ in range(8):  # NTLM needs 2 legs, Kerberos 1, SPNEGO at most 3 (+1 restart)
             if response is None:
@@ -413,8 +535,8 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                     scheme, protocol, bindings = choice
                     if trace is not None:
                         trace.append(self._context_record(protocol, request, bindings))
-                    context = await self._new_context(protocol, request, bindings)
-                    token = await self._step(context, None, scheme, request)
+                    context = yield from self._new_context(protocol, request, bindings)
+                    token = yield from self._step(context, None, scheme, request)
                     response = None
                     continue
             conn_id = response.extensions.get(CONN_ID)
@@ -424,7 +546,7 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                 trace.append(_exchange_record(response, scheme, token, in_token))
             if response.status_code != 401:
                 if not (preempted and in_token is None):
-                    await self._finish(context, in_token, scheme, request, response, origin)
+                    yield from self._finish(context, in_token, scheme, request, response, origin)
                 # else: a server that answers a preemptive token with no token of its own did
                 # not authenticate (it needs no login there), as for an anonymous request.
                 if trace is not None:
@@ -452,8 +574,8 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                 scheme, protocol, bindings = fresh
                 if trace is not None:
                     trace.append(self._context_record(protocol, request, bindings))
-                context = await self._new_context(protocol, request, bindings)
-                token = await self._step(context, None, scheme, request)
+                context = yield from self._new_context(protocol, request, bindings)
+                token = yield from self._step(context, None, scheme, request)
                 first, response = True, None
                 continue
             preempted.clear()
@@ -471,7 +593,7 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                     trace.append({"event": "rejected", "mechanism": mechanism, "reason": rejected})
                 return  # a rejected login: the final 401 is returned, once
             _carry_cookies(request, response)
-            token = await self._step(context, in_token, scheme, request)
+            token = yield from self._step(context, in_token, scheme, request)
             response = None
         raise AuthenticationError(
             f"{scheme} handshake with {origin} did not finish after 8 legs", request=request
@@ -511,15 +633,18 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
         request: httpx2.Request,
         preempted: list[tuple[str, spnego.ContextProxy, bytes | None]],
         trace: list[dict[str, object]] | None,
-    ) -> Callable[[httpx2.Request, object], Awaitable[list[tuple[bytes, bytes]]]]:
+        *,
+        sync: bool,
+    ) -> Callable[[httpx2.Request, object], Any]:
         """The ``PREEMPTIVE`` hook: the first token, made once the new connection is open.
 
-        The transport awaits it after the TCP and TLS handshakes, so on HTTPS the channel
+        The transport calls it after the TCP and TLS handshakes, so on HTTPS the channel
         binding comes from the certificate of the very connection the token goes out on.
-        What it made goes into ``preempted`` for the flow to carry on with.
+        What it made goes into ``preempted`` for the flow to carry on with. A coroutine
+        function for the async transport, a plain one for the sync transport (``sync``).
         """
 
-        async def preempt(sending: httpx2.Request, stream: object) -> list[tuple[bytes, bytes]]:
+        def steps(sending: httpx2.Request, stream: object) -> _Steps[list[tuple[bytes, bytes]]]:
             if sending is not request or preempted:
                 # A redirect httpx2 built from this request (another URL, maybe another
                 # host): the token is for this one only. Nor twice for one request.
@@ -529,8 +654,8 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
             if trace is not None:
                 trace.append({"event": "choice", "scheme": scheme, "preemptive": True})
                 trace.append(self._context_record(protocol, request, bindings))
-            context = await self._new_context(protocol, request, bindings)
-            token = await self._step(context, None, scheme, request)
+            context = yield from self._new_context(protocol, request, bindings)
+            token = yield from self._step(context, None, scheme, request)
             preempted.append((scheme, context, token))
             value = f"{scheme} {base64.b64encode(token or b'').decode()}"
             request.headers["Authorization"] = value  # what response.request shows
@@ -540,9 +665,19 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                 )
             return [(b"Authorization", value.encode("ascii"))]
 
+        if sync:
+
+            def preempt_sync(sending: httpx2.Request, stream: object) -> list[tuple[bytes, bytes]]:
+                return _sync_run(steps(sending, stream))
+
+            return preempt_sync
+
+        async def preempt(sending: httpx2.Request, stream: object) -> list[tuple[bytes, bytes]]:
+            return await _async_run(steps(sending, stream))
+
         return preempt
 
-    async def _finish(
+    def _finish(
         self,
         context: spnego.ContextProxy,
         in_token: bytes | None,
@@ -550,15 +685,15 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
         request: httpx2.Request,
         response: httpx2.Response,
         origin: str,
-    ) -> None:
+    ) -> _Steps[None]:
         """Mutual authentication on the response that ended the handshake (not a 401)."""
         if self._mutual_auth is MutualAuth.DISABLED:
             return
         if in_token and not context.complete:
             try:
-                await self._step(context, in_token, scheme, request)
+                yield from self._step(context, in_token, scheme, request)
             except AuthenticationError as exc:
-                await _abandon(response)
+                yield _Abandon(response)
                 raise AuthenticationError(
                     f"{scheme} mutual authentication with {origin} failed: the server's "
                     f"final token does not prove its identity ({exc})",
@@ -572,7 +707,7 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
             problem = "carried no final token to prove its identity"
         else:
             return  # optional: no token, no proof asked for; or an error status
-        await _abandon(response)
+        yield _Abandon(response)
         raise AuthenticationError(
             f"{scheme} mutual authentication with {origin} failed: the server's "
             f"{response.status_code} {problem} (mutual_auth={self._mutual_auth.value!r}; "
@@ -618,9 +753,9 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
     def _preemptive_choice(self) -> tuple[str, str]:
         """(header scheme, pyspnego protocol) to open with on servers that re-challenge."""
 
-    async def _new_context(
+    def _new_context(
         self, protocol: str, request: httpx2.Request, bindings: object | None
-    ) -> spnego.ContextProxy:
+    ) -> _Steps[spnego.ContextProxy]:
         hostname = self._hostname or request.url.host
         context_req = spnego.ContextReq.default
         if self._delegate:
@@ -643,15 +778,17 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                 return create()  # NTLM_USER_FILE: re-read for every context, as pyspnego does
             if protocol == "ntlm":
                 key = (hostname, cbt.pack() if cbt is not None else None)
-                template = self._ntlm_templates.get(key)
-                if template is None:
-                    template = self._ntlm_templates[key] = create()
-                    if len(self._ntlm_templates) > _NTLM_TEMPLATES:
-                        self._ntlm_templates.popitem(last=False)
-                else:
-                    self._ntlm_templates.move_to_end(key)
-                return template.new_context()
-            return await anyio.to_thread.run_sync(create)  # may read a ccache or call SSPI
+                with self._lock:  # one template per key, whichever thread comes first
+                    template = self._ntlm_templates.get(key)
+                    if template is None:
+                        template = self._ntlm_templates[key] = create()
+                        if len(self._ntlm_templates) > _NTLM_TEMPLATES:
+                            self._ntlm_templates.popitem(last=False)
+                    else:
+                        self._ntlm_templates.move_to_end(key)
+                    return template.new_context()
+            context: spnego.ContextProxy = yield _Call(create)  # may read a ccache, call SSPI
+            return context
         except Exception as exc:
             if _gssapi_missing(protocol):
                 raise AuthenticationError(
@@ -666,17 +803,48 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
                 f"could not set up {protocol} for {request.url.host}: {reason}", request=request
             ) from exc
 
-    async def _step(
+    async def _async_new_context(
+        self, protocol: str, request: httpx2.Request, bindings: object | None
+    ) -> spnego.ContextProxy:
+        """:meth:`_new_context` driven to its end (for the proxy authenticator)."""
+        return await _async_run(self._new_context(protocol, request, bindings))
+
+    def _sync_new_context(
+        self, protocol: str, request: httpx2.Request, bindings: object | None
+    ) -> spnego.ContextProxy:
+        return _sync_run(self._new_context(protocol, request, bindings))
+
+    async def _async_step(
         self,
         context: spnego.ContextProxy,
         in_token: bytes | None,
         scheme: str,
         request: httpx2.Request,
     ) -> bytes | None:
+        """:meth:`_step` driven to its end (for the proxy authenticator)."""
+        return await _async_run(self._step(context, in_token, scheme, request))
+
+    def _sync_step(
+        self,
+        context: spnego.ContextProxy,
+        in_token: bytes | None,
+        scheme: str,
+        request: httpx2.Request,
+    ) -> bytes | None:
+        return _sync_run(self._step(context, in_token, scheme, request))
+
+    def _step(
+        self,
+        context: spnego.ContextProxy,
+        in_token: bytes | None,
+        scheme: str,
+        request: httpx2.Request,
+    ) -> _Steps[bytes | None]:
         try:
             if _is_ntlm(context):
                 return context.step(in_token)
-            return await anyio.to_thread.run_sync(context.step, in_token)
+            token: bytes | None = yield _Call(context.step, (in_token,))
+            return token
         except spnego.exceptions.SpnegoError as exc:
             if in_token is None and _gssapi_missing(getattr(context, "protocol", "")):
                 # Without gssapi, pyspnego's Negotiate has only NTLM, and with no NTLM
@@ -706,10 +874,11 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
         conn_id = response.extensions.get(CONN_ID)
         if conn_id is None:
             return
-        self._authenticated[conn_id] = None
-        self._authenticated.move_to_end(conn_id)
-        if len(self._authenticated) > _REMEMBERED_CONNECTIONS:
-            self._authenticated.popitem(last=False)
+        with self._lock:
+            self._authenticated[conn_id] = None
+            self._authenticated.move_to_end(conn_id)
+            if len(self._authenticated) > _REMEMBERED_CONNECTIONS:
+                self._authenticated.popitem(last=False)
 
 
 def _origin(url: httpx2.URL) -> str:

@@ -83,9 +83,9 @@ import typing
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
-import anyio
-import anyio.lowlevel
 import httpcore2
+
+from ._synchronization import async_checkpoint, async_shield
 
 __all__ = ["MAX_HEAD_SIZE", "MAX_INFORMATIONAL", "HTTP11Connection", "ResponseHead"]
 
@@ -133,7 +133,7 @@ _CHUNK_SIZE_RE = re.compile(
 )
 _DIGITS_RE = re.compile(rb"[0-9]{1,20}")  # h11's bound on Content-Length digits
 
-_checkpoint = anyio.lowlevel.checkpoint
+_checkpoint = async_checkpoint
 # The keep-alive clock, looked up at each use so that tests can replace it with a fake one.
 _clock = time.monotonic
 
@@ -532,7 +532,7 @@ class HTTP11Connection:
                 # close it now rather than leave it to the loop's finalizer. (A user's own
                 # generator inside it is the user's to close, as with httpx2.)
                 if inspect.isasyncgen(iterator):
-                    with anyio.CancelScope(shield=True):
+                    with async_shield():
                         try:
                             await iterator.aclose()
                         except Exception as exc:  # never hide the error that got us here

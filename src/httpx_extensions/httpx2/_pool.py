@@ -66,21 +66,20 @@ each other through reservations.
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-import anyio
 import httpcore2
 
+from .._state import _TRANSITIONS, ConnectionInfo, ConnectionState
 from ._exceptions import ConnectionStateError, PoolClosed, PoolTimeout
 from ._network import Deadlines
+from ._synchronization import AsyncLock, AsyncWakeUp, async_shield
 
 __all__ = [
     "ConnectionInfo",
@@ -114,55 +113,11 @@ class ConnectionLike(Protocol):
 ConnectFactory = Callable[[httpcore2.Origin, Any], Awaitable[ConnectionLike]]
 
 
-class ConnectionState(enum.Enum):
-    """The states of a pooled connection. See the module docstring for the transitions."""
-
-    CONNECTING = "CONNECTING"
-    ACTIVE = "ACTIVE"
-    IDLE = "IDLE"
-    RESERVED = "RESERVED"
-    CLOSED = "CLOSED"
-
-    # Members are singletons compared by identity: hash them by identity too (in C), not
-    # through Enum's Python-level hash of the name; every state change looks two of them up.
-    __hash__ = object.__hash__
-
-
-_S = ConnectionState
-_TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    _S.CONNECTING: frozenset({_S.ACTIVE, _S.CLOSED}),
-    _S.ACTIVE: frozenset({_S.IDLE, _S.RESERVED, _S.CLOSED}),
-    _S.IDLE: frozenset({_S.ACTIVE, _S.CLOSED}),
-    _S.RESERVED: frozenset({_S.ACTIVE, _S.IDLE, _S.CLOSED}),
-    _S.CLOSED: frozenset(),
-}
-
 _conn_ids = itertools.count(1)
 
 #: How many times a freed connection may go to a younger waiter of its own key while the
 #: oldest waiter wants another key (origin or identity); see ConnectionPool._free.
 MAX_BYPASSES = 128
-
-
-@dataclass(frozen=True)
-class ConnectionInfo:
-    """A snapshot of one pooled connection, as returned by ``ExClient.connections``.
-
-    Attributes:
-        conn_id: The id shown on ``response.extensions["conn_id"]``; pin requests with it.
-        origin: ``scheme://host:port`` of the server the connection talks to.
-        partition: The partition key it belongs to (``None`` for requests without one).
-        state: Its :class:`ConnectionState`.
-        reserved: True when RESERVED to a running ``send()``.
-        requests: How many requests it has carried.
-    """
-
-    conn_id: int
-    origin: str
-    partition: Hashable
-    state: ConnectionState
-    reserved: bool
-    requests: int
 
 
 def _origin_str(origin: httpcore2.Origin) -> str:
@@ -287,12 +242,9 @@ class Flow:
         self.live = False
         if not self._reserved:
             return []
-        reserved, self._reserved = self._reserved, {}
         closing: list[tuple[ConnectionPool, list[ConnectionLike]]] = []
-        for (pool, _key), conns in reserved.items():
-            to_close: list[ConnectionLike] = []
-            for conn in conns:
-                pool._free(conn, to_close)
+        for pool in {pool for pool, _key in list(self._reserved)}:
+            to_close = pool._end_flow(self)
             if to_close:
                 closing.append((pool, to_close))
         return closing
@@ -305,18 +257,14 @@ class Flow:
 current_flow: ContextVar[Flow | None] = ContextVar("httpx_extensions_flow", default=None)
 
 
-class _Waiter:
+class _Waiter(AsyncWakeUp):
     """A request waiting for a connection (any of its key, or one pinned connection).
 
-    On asyncio it waits on a bare future, its pool timeout kept by the loop's shared
-    :class:`Deadlines`: with a thousand queued requests, an anyio Event plus cancel scope
-    per waiter was a measurable share of the time, and a timer per waiter still was. Elsewhere
-    (trio) it uses anyio's primitives.
+    Its wake-up (:class:`AsyncWakeUp`) is its own: a freed connection wakes exactly the one
+    waiter it is handed to.
     """
 
     __slots__ = (
-        "_event",
-        "_future",
         "conn",
         "error",
         "flow",
@@ -328,6 +276,7 @@ class _Waiter:
     )
 
     def __init__(self, origin: httpcore2.Origin, key: PoolKey, flow: Flow | None) -> None:
+        super().__init__()
         self.origin = origin
         self.key = key
         self.flow = flow
@@ -337,56 +286,10 @@ class _Waiter:
         self.error: Exception | None = None
         self.pinned: PooledConnection | None = None  # the connection a pinned waiter wants
         self.woken = False
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        self._future: asyncio.Future[None] | None = None
-        self._event: anyio.Event | None = None
-        if loop is not None:
-            self._future = loop.create_future()
-        else:
-            self._event = anyio.Event()
 
     def wake(self) -> None:
         self.woken = True
-        if self._future is not None:
-            if not self._future.done():
-                self._future.set_result(None)
-        else:
-            assert self._event is not None
-            self._event.set()
-
-    async def wait(
-        self,
-        deadline: float | None,
-        keeper: Callable[[asyncio.AbstractEventLoop], Deadlines],
-        clock: Callable[[], float],
-    ) -> None:
-        """Wait until woken; raises TimeoutError at ``deadline`` (a ``clock()`` reading).
-
-        ``keeper`` gives the :class:`Deadlines` that keeps the timeout on an asyncio loop.
-        """
-        future = self._future
-        if future is not None:
-            if deadline is None:
-                await future
-                return
-            loop = future.get_loop()
-            at = loop.time() + max(deadline - clock(), 0)
-            deadlines = keeper(loop)
-            deadlines.add(future, at, TimeoutError)
-            try:
-                await future
-            finally:
-                deadlines.discard(future)
-            return
-        assert self._event is not None
-        if deadline is None:
-            await self._event.wait()
-        else:
-            with anyio.fail_after(max(deadline - clock(), 0)):
-                await self._event.wait()
+        super().wake()
 
 
 async def close_all(conns: Iterable[ConnectionLike]) -> None:
@@ -396,7 +299,7 @@ async def close_all(conns: Iterable[ConnectionLike]) -> None:
     ``wait_for``): such a cancellation still closes every connection before it propagates.
     """
     interrupted: BaseException | None = None
-    with anyio.CancelScope(shield=True):
+    with async_shield():
         for connection in conns:
             try:
                 await connection.aclose()
@@ -444,24 +347,31 @@ class ConnectionPool:
         self._bypasses = 0
         self._deadlines: Deadlines | None = None
         self._closed = False
+        # Every decision (which connection, which waiter, what to close) is made under this
+        # lock and does no I/O; connects and closes happen outside it. Async: a no-op, as
+        # one event loop runs one decision at a time. Sync: one threading.Lock.
+        self._lock = AsyncLock()
 
     # Introspection.
 
     @property
     def connections(self) -> list[ConnectionInfo]:
         """A snapshot of every open connection, oldest first."""
-        return [conn.info() for conn in self._conns.values()]
+        with self._lock:
+            return [conn.info() for conn in self._conns.values()]
 
     @property
     def waiting(self) -> int:
         """How many requests are queued for a connection (pinned ones included)."""
-        pinned = sum(len(c.pin_waiters) for c in self._conns.values() if c.pin_waiters)
-        return len(self._waiters) + pinned
+        with self._lock:
+            pinned = sum(len(c.pin_waiters) for c in self._conns.values() if c.pin_waiters)
+            return len(self._waiters) + pinned
 
     def __repr__(self) -> str:
         counts = dict.fromkeys(ConnectionState, 0)
-        for conn in self._conns.values():
-            counts[conn.state] += 1
+        with self._lock:
+            for conn in self._conns.values():
+                counts[conn.state] += 1
         parts = ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items() if n)
         return f"<ConnectionPool [{parts or 'empty'}, {len(self._waiters)} waiting]>"
 
@@ -497,13 +407,15 @@ class ConnectionPool:
         conn: PooledConnection | None = None
         waiter: _Waiter | None = None
         if pin is not None:
-            conn, waiter = self._pick_pinned(pin, origin, key, flow, to_close)
+            with self._lock:
+                conn, waiter = self._pick_pinned(pin, origin, key, flow, to_close)
         while True:
             if conn is None and waiter is None:
-                conn = self._pick(origin, key, flow, to_close, fresh)
-                if conn is None:
-                    waiter = _Waiter(origin, key, flow)
-                    self._enqueue(waiter)
+                with self._lock:
+                    conn = self._pick(origin, key, flow, to_close, fresh)
+                    if conn is None:
+                        waiter = _Waiter(origin, key, flow)
+                        self._enqueue(waiter)
             if to_close:
                 await self._close_or_undo(to_close, conn, waiter)
                 to_close = []
@@ -640,17 +552,22 @@ class ConnectionPool:
 
     async def _open(self, conn: PooledConnection, request: Any) -> None:
         try:
-            conn.connection = await self._connect(conn.origin, request)
+            connection = await self._connect(conn.origin, request)
         except BaseException:
             # Connect failed or was cancelled: give the slot to the next waiter.
-            if not conn.is_closed():
-                self._drop(conn, [])
-                self._grant_slots()
+            with self._lock:
+                if not conn.is_closed():
+                    self._drop(conn, [])
+                    self._grant_slots()
             raise
-        if conn.state is ConnectionState.CLOSED:  # the pool was closed meanwhile
-            await close_all([conn.connection])
+        with self._lock:
+            conn.connection = connection
+            closed = conn.state is ConnectionState.CLOSED  # the pool was closed meanwhile
+            if not closed:
+                conn._move(ConnectionState.ACTIVE)
+        if closed:
+            await close_all([connection])
             raise PoolClosed("The connection pool was closed while connecting.")
-        conn._move(ConnectionState.ACTIVE)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("opened conn_id %s to %s", conn.conn_id, _origin_str(conn.origin))
 
@@ -658,12 +575,13 @@ class ConnectionPool:
         try:
             await waiter.wait(deadline, self._deadlines_on, self._clock)
         except BaseException as exc:
-            if waiter.woken:
-                # Handed a connection just as we gave up: put it back.
-                if waiter.conn is not None:
-                    await self._give_back(waiter.conn)
-            else:
-                self._forget(waiter)
+            with self._lock:
+                woken = waiter.woken
+                if not woken:
+                    self._forget(waiter)
+            # Handed a connection just as we gave up: put it back.
+            if woken and waiter.conn is not None:
+                await self._give_back(waiter.conn)
             if isinstance(exc, TimeoutError):
                 raise PoolTimeout(
                     "No connection became available within the pool timeout; raise "
@@ -718,17 +636,21 @@ class ConnectionPool:
             if conn is not None:
                 await self._give_back(conn)
             elif waiter is not None:  # pragma: no branch - acquire() passes one of the two
-                if waiter.woken and waiter.conn is not None:
+                with self._lock:
+                    handed = waiter.woken and waiter.conn is not None
+                    if not handed:
+                        self._forget(waiter)
+                if handed:
                     # Handed a connection (or a slot) while the close ran: give it back.
+                    assert waiter.conn is not None
                     await self._give_back(waiter.conn)
-                else:
-                    self._forget(waiter)
             raise
 
     async def _give_back(self, conn: PooledConnection) -> None:
         if conn.connection is None:  # a slot for a connection not opened yet
-            self._drop(conn, [])
-            self._grant_slots()
+            with self._lock:
+                self._drop(conn, [])
+                self._grant_slots()
             return
         await self.release(conn)
 
@@ -742,27 +664,37 @@ class ConnectionPool:
 
     def release_nowait(self, conn: PooledConnection) -> list[ConnectionLike]:
         """The decision half of :meth:`release`: returns connections the caller must close."""
+        with self._lock:
+            to_close: list[ConnectionLike] = []
+            if conn.state is ConnectionState.CLOSED:  # the pool was closed under us
+                return to_close
+            inner = conn.connection
+            if inner is None or not inner.is_idle() or self._closed:
+                self._drop(conn, to_close)
+                self._grant_slots()
+                return to_close
+            flow = conn.flow
+            if flow is not None and flow.live:
+                conn._move(ConnectionState.RESERVED)
+                if conn.pin_waiters:
+                    for waiter in conn.pin_waiters:
+                        if waiter.flow is flow:
+                            conn.pin_waiters.remove(waiter)
+                            conn._move(ConnectionState.ACTIVE)
+                            self._hand(waiter, conn)
+                            return to_close
+                flow._reserve(self, conn)
+                return to_close
+            self._free(conn, to_close)
+            return to_close
+
+    def _end_flow(self, flow: Flow) -> list[ConnectionLike]:
+        """Free the reservations ``flow`` holds in this pool (its send() has ended)."""
         to_close: list[ConnectionLike] = []
-        if conn.state is ConnectionState.CLOSED:  # the pool was closed under us
-            return to_close
-        inner = conn.connection
-        if inner is None or not inner.is_idle() or self._closed:
-            self._drop(conn, to_close)
-            self._grant_slots()
-            return to_close
-        flow = conn.flow
-        if flow is not None and flow.live:
-            conn._move(ConnectionState.RESERVED)
-            if conn.pin_waiters:
-                for waiter in conn.pin_waiters:
-                    if waiter.flow is flow:
-                        conn.pin_waiters.remove(waiter)
-                        conn._move(ConnectionState.ACTIVE)
-                        self._hand(waiter, conn)
-                        return to_close
-            flow._reserve(self, conn)
-            return to_close
-        self._free(conn, to_close)
+        with self._lock:
+            for pool_key in [pool_key for pool_key in flow._reserved if pool_key[0] is self]:
+                for conn in flow._reserved.pop(pool_key):
+                    self._free(conn, to_close)
         return to_close
 
     def _free(self, conn: PooledConnection, to_close: list[ConnectionLike]) -> None:
@@ -878,20 +810,21 @@ class ConnectionPool:
 
     async def aclose(self) -> None:
         """Close every connection and fail every waiter with :class:`PoolClosed`."""
-        if self._closed:
-            return
-        self._closed = True
-        to_close: list[ConnectionLike] = []
-        for conn in list(self._conns.values()):
-            self._detach(conn)
-            self._drop(conn, to_close)
-        error = PoolClosed("The connection pool was closed while this request waited.")
-        while self._waiters:
-            waiter = self._pop_oldest()
-            waiter.error = error
-            waiter.wake()
-        if self._deadlines is not None:
-            self._deadlines.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            to_close: list[ConnectionLike] = []
+            for conn in list(self._conns.values()):
+                self._detach(conn)
+                self._drop(conn, to_close)
+            error = PoolClosed("The connection pool was closed while this request waited.")
+            while self._waiters:
+                waiter = self._pop_oldest()
+                waiter.error = error
+                waiter.wake()
+            if self._deadlines is not None:
+                self._deadlines.close()
         await close_all(to_close)
 
     async def __aenter__(self) -> ConnectionPool:

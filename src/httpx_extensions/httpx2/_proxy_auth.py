@@ -87,6 +87,12 @@ _PROXY_TRACE = "httpx_extensions.proxy_trace"
 # reconnects included.
 _MAX_LEGS = 8
 
+# The most of a 407's body read to keep its connection for the next leg. A 407 body is an
+# error page of a few KiB; one that goes on past this (a hostile or broken proxy streaming
+# without end, which no read timeout stops while bytes keep coming) costs the connection
+# instead: it is closed and the next leg goes on a new one.
+_MAX_407_BODY = 1 << 20
+
 # curl's --proxy-anyauth order: the strongest scheme the proxy offers wins.
 _STRENGTH = ("negotiate", "kerberos", "ntlm", "digest", "basic")
 
@@ -486,8 +492,7 @@ class ProxyAuthenticator:
                 return head
             if trace is not None and not leg.sent:
                 trace.append({"event": "offered", "schemes": [_display(k) for k in offered]})
-            async for _chunk in head.stream:  # drained, so the next leg can use the connection
-                pass
+            await _drain(head.stream, self._proxy)
             if leg.on_authenticated and not self._rechallenges:
                 self._rechallenges = True
                 logger.debug("proxy %s re-challenged an authenticated connection", self._proxy)
@@ -525,6 +530,25 @@ class ProxyAuthenticator:
             offered=schemes,
             reason=reason,
         )
+
+
+async def _drain(stream: typing.AsyncIterable[bytes], proxy: object) -> None:
+    """Read a 407's body so its connection can carry the next leg, up to ``_MAX_407_BODY``
+    bytes; past that, stop reading and leave the connection mid-body, so that it is not
+    reusable and the caller reconnects."""
+    read = 0
+    async for chunk in stream:
+        read += len(chunk)
+        if read > _MAX_407_BODY:
+            logger.debug(
+                "proxy %s sent a 407 body of more than %d bytes: closing its connection",
+                proxy,
+                _MAX_407_BODY,
+            )
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # the body generator ends here, not when collected
+            return
 
 
 class _Handshake:
@@ -594,8 +618,8 @@ class _Handshake:
                 )
             request = self._request()
             try:
-                self.context = await auth._new_context(method.protocol, request, bindings)
-                token = await auth._step(self.context, None, method.header, request)
+                self.context = await auth._async_new_context(method.protocol, request, bindings)
+                token = await auth._async_step(self.context, None, method.header, request)
             except httpx2.HTTPError as exc:
                 raise self.owner._error({}, "provider", str(exc)) from exc
             # NTLM's negotiate leg is always answered with a 407: do not upload the body.
@@ -633,7 +657,7 @@ class _Handshake:
                 if in_token is not None:
                     assert _is_spnego(method.auth)
                     try:
-                        token = await method.auth._step(
+                        token = await method.auth._async_step(
                             self.context, in_token, method.header, self._request()
                         )
                     except httpx2.HTTPError as exc:
@@ -675,7 +699,7 @@ class _Handshake:
         if in_token is not None and not self.context.complete:
             # Mutual authentication: the proxy's last token proves who it is.
             assert _is_spnego(method.auth)
-            await method.auth._step(self.context, in_token, method.header, self._request())
+            await method.auth._async_step(self.context, in_token, method.header, self._request())
         self.channel.authenticated = True
 
 

@@ -23,9 +23,7 @@ import typing
 from collections.abc import Iterable
 from types import TracebackType
 
-import anyio
 import httpcore2
-import sniffio
 
 import httpx2
 
@@ -33,9 +31,9 @@ from .._extensions import CONN_ID, PARTITION, PREEMPTIVE
 from .._flavour_httpx2 import SYNC_STREAM_REFUSED, default_ssl_context
 from ._exceptions import UnsupportedConfiguration
 from ._http11 import HTTP11Connection, ResponseHead, _Once
-from ._network import AsyncioBackend
 from ._pool import ConnectionInfo, ConnectionPool, PooledConnection, _origin_str, close_all
 from ._proxy_auth import _PROXY_TRACE, ProxyAuthenticator, check_proxy_auth
+from ._synchronization import AsyncBackends, async_shield
 
 __all__ = ["AsyncHTTPTransportMixin", "ExTransport"]
 
@@ -377,8 +375,7 @@ class ExTransport(httpx2.AsyncBaseTransport):
         self._retries = retries
         self._socket_options = list(socket_options) if socket_options is not None else None
         self._keepalive_expiry = limits.keepalive_expiry
-        self._asyncio_backend = AsyncioBackend()
-        self._anyio_backend = httpcore2.AnyIOBackend()
+        self._backends = AsyncBackends()
         self._mock_pool: httpcore2.AsyncConnectionPool | None = None
 
         self._proxy: httpx2.Proxy | None = None
@@ -691,11 +688,7 @@ class ExTransport(httpx2.AsyncBaseTransport):
     async def _connect_tcp(
         self, origin: httpcore2.Origin, timeout: float | None
     ) -> httpcore2.AsyncNetworkStream:
-        backend: httpcore2.AsyncNetworkBackend = (
-            self._asyncio_backend
-            if sniffio.current_async_library() == "asyncio"
-            else self._anyio_backend
-        )
+        backend = self._backends.current()
         retries_left = self._retries
         delay = 0.0
         while True:
@@ -908,7 +901,7 @@ class _ForwardChannel:
 
     async def reconnect(self) -> None:
         old = self._connection
-        with anyio.CancelScope(shield=True):
+        with async_shield():
             await old.aclose()
         timeouts = self._request.extensions.get("timeout") or {}
         transport = self._transport
@@ -957,7 +950,7 @@ class _TunnelChannel:
         return self.connection.is_idle()
 
     async def reconnect(self) -> None:
-        with anyio.CancelScope(shield=True):
+        with async_shield():
             await self.connection.aclose()
         timeouts = self._request.extensions.get("timeout") or {}
         self.network_stream = await self._transport._connect_proxy(timeouts.get("connect"))
