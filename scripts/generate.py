@@ -128,26 +128,24 @@ GENERATED_FOLDERS: tuple[str, ...] = ()
 # Not generated (async only, or shared by both clients): _network.py (the asyncio backend;
 # the sync side uses httpcore.SyncBackend), _synchronization.py (the pairs themselves),
 # _auth.py (one class each for both clients), _exceptions.py, _extensions.py.
-TARGETS += (
-    Target("_http11.py", "_sync/_http11.py", ("sync",)),
-    Target("_pool.py", "_sync/_pool.py", ("sync",)),
-    Target(
+# (source, rules for that file only): each becomes _sync/<source> on httpx and, through the
+# httpx2 axis as well, httpx2/_sync/<source> (the sync client of the httpx2 flavour).
+_SYNC_SOURCES: tuple[tuple[str, tuple[Rule, ...]], ...] = (
+    ("_http11.py", ()),
+    ("_pool.py", ()),
+    (
         "_proxy_auth.py",
-        "_sync/_proxy_auth.py",
-        ("sync",),
         # The auth classes are shared: the package's _auth, not a sibling.
-        extra=(
+        (
             Rule(
                 r'_AUTH_MODULE = __name__\.rpartition\("\."\)\[0\]',
                 '_AUTH_MODULE = __name__.rpartition(".")[0].rpartition(".")[0]',
             ),
         ),
     ),
-    Target(
+    (
         "_transport.py",
-        "_sync/_transport.py",
-        ("sync",),
-        extra=(
+        (
             # httpx.Client sends a SyncByteStream (it refuses others before the transport).
             Rule(
                 r"wire, request\.stream, extensions",
@@ -166,11 +164,10 @@ TARGETS += (
             ),
         ),
     ),
-    Target(
-        "_client.py",
-        "_sync/_client.py",
-        ("sync",),
-    ),
+    ("_client.py", ()),
+)
+TARGETS += tuple(
+    Target(source, f"_sync/{source}", ("sync",), extra=extra) for source, extra in _SYNC_SOURCES
 )
 GENERATED_FOLDERS += ("_sync",)
 
@@ -186,6 +183,7 @@ AXES["httpx2"] = (
     Rule(r"from \._flavour import", "from .._flavour_httpx2 import"),
     Rule(r"from \._extensions import", "from .._extensions import"),
     Rule(r"from \._state import", "from .._state import"),
+    Rule(r'"\._state"', '".._state"'),  # __init__'s lazy table: the shared module
     Rule(r"from \.__version__ import", "from ..__version__ import"),
 )
 _HTTPX2_MODULES = (
@@ -201,26 +199,28 @@ _HTTPX2_MODULES = (
     "_synchronization.py",
     "_transport.py",
 )
-# The sync client is not generated for httpx2 yet (issue 11 leaves it open): its names stay
-# out of httpx_extensions.httpx2 rather than pointing at modules that are not there.
-_NO_SYNC_CLIENT = Rule(r"[^\n]*ExSync[^\n]*\n", "")
-TARGETS += tuple(
-    Target(
-        name,
-        f"httpx2/{name}",
-        ("httpx2",),
-        extra=(_NO_SYNC_CLIENT,) if name == "__init__.py" else (),
-    )
-    for name in _HTTPX2_MODULES
-)
+TARGETS += tuple(Target(name, f"httpx2/{name}", ("httpx2",)) for name in _HTTPX2_MODULES)
 GENERATED_FOLDERS += ("httpx2",)
+# Sync on httpx2: the sync axis, then the httpx2 one, then this, which points the imports of
+# the shared leaf modules two packages up (httpx2/_sync/ -> httpx_extensions).
+AXES["httpx2-sync"] = (
+    Rule(r"from \.\.(_extensions|_state) import", r"from ...\1 import"),
+    Rule(r"from \.\._flavour import", "from ..._flavour_httpx2 import"),
+)
+TARGETS += (Target("_sync/__init__.py", "httpx2/_sync/__init__.py", ("httpx2",)),)
+TARGETS += tuple(
+    Target(source, f"httpx2/_sync/{source}", ("sync", "httpx2", "httpx2-sync"), extra=extra)
+    for source, extra in _SYNC_SOURCES
+)
 # The project's own tests that exercise the pool, the parser, the auth, the client and proxy
 # auth, run against httpx_extensions.httpx2 as well (tests/httpx2/, the fixtures and servers
 # of tests/ shared). The httpx2 axis, then this one, which points the imports at the subpackage.
 AXES["httpx2-tests"] = (
     Rule(r"from httpx_extensions import", "from httpx_extensions.httpx2 import"),
+    Rule(r"import httpx_extensions\n", "from httpx_extensions import httpx2 as httpx_extensions\n"),
     Rule(
-        r"from httpx_extensions\.(_auth|_client|_http11|_pool|_proxy_auth|_transport) import",
+        r"from httpx_extensions\.(_auth|_client|_http11|_pool|_proxy_auth|_transport"
+        r"|_sync\._pool) import",
         r"from httpx_extensions.httpx2.\1 import",
     ),
     Rule(r"httpx_extensions\._flavour\b", "httpx_extensions._flavour_httpx2"),
@@ -236,6 +236,8 @@ _HTTPX2_TESTS = (
     "test_http11.py",
     "test_pool.py",
     "test_proxy_auth.py",
+    "test_sync_client.py",
+    "test_sync_proxy.py",
 )
 _RESPX_ONLY = Rule(
     "async def test_client_respx",

@@ -4,6 +4,7 @@
 
 See ``ExClient`` for the client, ``ExTransport`` for the transport, and ``docs/pool.md`` for
 how the pool works (the pages are installed with the package: ``httpx2-extensions docs``).
+``ExSyncClient`` and ``ExSyncTransport``: the same for ``httpx2.Client``, thread-safe.
 
 Every public name is imported on first use: ``NTLMAuth`` and ``NegotiateAuth`` with pyspnego
 (and its crypto stack), so programs that never authenticate never load them
@@ -35,6 +36,8 @@ if typing.TYPE_CHECKING:  # what mypy and IDEs see; at run time __getattr__ impo
         UnsupportedConfiguration,
     )
     from ._proxy_auth import Proxy
+    from ._sync._client import ExSyncClient
+    from ._sync._transport import ExSyncTransport
     from ._transport import AsyncHTTPTransportMixin, ExTransport
 
 __all__ = [
@@ -45,6 +48,8 @@ __all__ = [
     "ConnectionState",
     "ConnectionStateError",
     "ExClient",
+    "ExSyncClient",
+    "ExSyncTransport",
     "ExTransport",
     "HTTPXExtensionsError",
     "MutualAuth",
@@ -63,10 +68,12 @@ __all__ = [
 _LAZY = {
     "AsyncHTTPTransportMixin": "._transport",
     "AuthenticationError": "._exceptions",
-    "ConnectionInfo": "._state",
-    "ConnectionState": "._state",
+    "ConnectionInfo": ".._state",
+    "ConnectionState": ".._state",
     "ConnectionStateError": "._exceptions",
     "ExClient": "._client",
+    "ExSyncClient": "._sync._client",
+    "ExSyncTransport": "._sync._transport",
     "ExTransport": "._transport",
     "HTTPXExtensionsError": "._exceptions",
     "MutualAuth": "._auth",
