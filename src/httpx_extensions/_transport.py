@@ -235,6 +235,7 @@ class _Response(httpx.Response):
         headers: list[tuple[bytes, bytes]],
         stream: _ResponseStream,
         extensions: dict[str, typing.Any],
+        header_list: list[tuple[bytes, bytes, bytes]] | None = None,
     ) -> _Response:
         """``_Response(status_code, headers=headers, stream=stream, extensions=extensions)``.
 
@@ -242,12 +243,17 @@ class _Response(httpx.Response):
         compares them attribute by attribute), for a fifth of the work: the headers come
         from our parser as validated ``bytes`` pairs, so the per-header type checks and
         conversions of ``httpx.Headers`` have nothing to do, and ``extensions`` is a dict
-        made for this response alone, so it needs no copy.
+        made for this response alone, so it needs no copy. ``header_list`` is ``headers``
+        with their lowercased names, as ``httpx.Headers`` keeps them, when the parser has it.
         """
         response = cls.__new__(cls)
         response.status_code = status_code
         response_headers = _new_headers()
-        response_headers._list = [(key, key.lower(), value) for key, value in headers]
+        response_headers._list = (
+            [(key, key.lower(), value) for key, value in headers]
+            if header_list is None
+            else header_list
+        )
         response_headers._encoding = None
         response.headers = response_headers
         response._request = None
@@ -561,6 +567,7 @@ class ExTransport(httpx.AsyncBaseTransport):
                 "network_stream": head.network_stream,
                 CONN_ID: conn.conn_id,
             },
+            head.header_list,
         )
         if not head.set_cookie:
             response.sets_cookies = False
