@@ -30,8 +30,7 @@ async def test_pool_pin_to_a_closed_or_unknown_conn_id_sends_on_another(
     assert warnings == [
         f"conn_id {first.conn_id} is not open in this pool (closed or unknown); "
         "sending on another connection",
-        "conn_id 10000 is not open in this pool (closed or unknown); "
-        "sending on another connection",
+        "conn_id 10000 is not open in this pool (closed or unknown); sending on another connection",
     ]
 
 

@@ -90,7 +90,9 @@ async def test_transport_socks_proxy_that_cannot_reach_the_origin(refused_port: 
         assert socks.connect_requests == [f"127.0.0.1:{refused_port}"]
 
 
-async def test_transport_socks_proxy_that_hangs_up(hang_up_port: int, server: LoopbackServer) -> None:
+async def test_transport_socks_proxy_that_hangs_up(
+    hang_up_port: int, server: LoopbackServer
+) -> None:
     async with ExClient(proxy=f"socks5://127.0.0.1:{hang_up_port}") as client:
         with pytest.raises(httpx.ProxyError, match="SOCKS proxy closed the connection"):
             await client.get(server.url + "/")
