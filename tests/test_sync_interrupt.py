@@ -214,7 +214,9 @@ def test_sync_interrupt_stream_closed_from_another_thread_frees_the_connection(
         (response,) = opened
         next(response.iter_raw())  # part of the body read; the rest still coming
         got: list[int] = []
-        waiter = threading.Thread(target=lambda: got.append(client.get(server.url + "/").status_code))
+        waiter = threading.Thread(
+            target=lambda: got.append(client.get(server.url + "/").status_code)
+        )
         waiter.start()
         wait_until_waiting(client, 1, waiter)
         assert not got  # the only connection is the stream's
