@@ -182,7 +182,20 @@ AXES["sync-tests"] = (
     Rule(r"anyio\.lowlevel\.checkpoint\(\)", "time.sleep(0)"),
     Rule("aiter_raw", "iter_raw"),
     Rule(r"from httpx_extensions\._http11 import", "from httpx_extensions._sync._http11 import"),
+    Rule(
+        r"from httpx_extensions import _http11 as", "from httpx_extensions._sync import _http11 as"
+    ),
     Rule(r"from \.conftest import", "from ..conftest import"),
+    Rule(r"from \.servers import", "from ..servers import"),
+)
+# Tests whose scenarios need no change but the axes (the others are below, with their rules).
+_SYNC_TESTS = (
+    "test_http11_hardening.py",
+    "test_proxy_server.py",
+    "test_retry_auth.py",
+)
+TARGETS += tuple(
+    Target(f"tests/{name}", f"tests/sync/{name}", ("sync", "sync-tests")) for name in _SYNC_TESTS
 )
 TARGETS += (
     Target(
