@@ -291,6 +291,8 @@ _HTTPX2_TESTS = (
     "test_pool.py",
     "test_proxy_auth.py",
     "test_sync_client.py",
+    "test_sync_interrupt.py",
+    "test_sync_paths.py",
     "test_sync_proxy.py",
 )
 _RESPX_ONLY = Rule(

@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -24,6 +25,16 @@ from httpx_extensions import (
 
 from .servers import LoopbackProxy, LoopbackServer, LoopbackSocksProxy
 from .test_sync_client import assert_pool_clean
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[str]:
+    """A TCP listener that accepts (through the backlog) and never says a word."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"https://127.0.0.1:{sock.getsockname()[1]}/"
+
 
 # Timeouts.
 
@@ -244,11 +255,26 @@ def test_sync_paths_socket_options_and_local_address(server: LoopbackServer) -> 
         assert stream.get_extra_info("client_addr")[0] == "127.0.0.1"
         sock = stream.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+def test_sync_paths_failing_socket_option_is_a_connect_error(silent_listener: str) -> None:
+    # A bare listener, not the asyncio test server: a connection closed this fast as that
+    # server stops can leave its server-side socket unclosed (a test-server race).
     bad = ExSyncTransport(socket_options=[(socket.SOL_SOCKET, 9999, 1)])
     with ExSyncClient(transport=bad) as client:
         with pytest.raises(httpx.ConnectError, match="could not set a socket option"):
-            client.get(server.url + "/")
+            client.get(silent_listener.replace("https://", "http://"))
         assert client.connections == []
+
+
+def test_sync_paths_connect_timeout_in_the_tls_handshake_frees_the_slot(
+    silent_listener: str,
+) -> None:
+    with ExSyncClient(limits=httpx.Limits(max_connections=1)) as client:
+        for _ in range(2):  # the slot comes back each time
+            with pytest.raises(httpx.ConnectTimeout):
+                client.get(silent_listener, timeout=httpx.Timeout(5, connect=0.1))
+            assert client.connections == []
 
 
 @pytest.mark.parametrize(
