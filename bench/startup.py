@@ -58,6 +58,9 @@ IMPORTS = {
     "python": "pass",
     "import httpx": "import httpx",
     "import httpx_extensions": "import httpx_extensions",
+    # Every public name loads on first use, so the line above loads next to nothing; this is
+    # what a program that uses the client pays (httpx loads httpcore only when a client is made).
+    "from httpx_extensions import ExClient": "from httpx_extensions import ExClient",
     "from httpx_extensions import NTLMAuth": "from httpx_extensions import NTLMAuth",
     "import aiohttp": "import aiohttp",
     "httpx.AsyncClient()": "import httpx; httpx.AsyncClient()",

@@ -88,7 +88,8 @@ class CannedServer(ThreadedLoopbackBase):
     """Answers each keep-alive request from ``_RESPONSES`` (bodyless requests only).
 
     ``/echo`` answers with the request head it received; ``/drop`` closes the connection
-    without an answer; ``/split`` sends its head and its body in two writes.
+    without an answer; ``/split`` sends its head and its body in two writes; ``/stall``
+    sends its head and then nothing, until the client goes away (a read timeout to come).
     """
 
     _thread_name = "canned-http"
@@ -111,6 +112,11 @@ class CannedServer(ThreadedLoopbackBase):
                 return
             if path == "/echo":
                 writer.write(_raw(b"200 OK", [b"Content-Length: " + str(len(head)).encode()], head))
+            elif path == "/stall":
+                writer.write(_raw(b"200 OK", [b"Content-Length: 10"]))
+                await writer.drain()
+                await reader.read()  # until the client, timed out, closes the connection
+                return
             elif path == "/split":
                 writer.write(_raw(b"200 OK", [b"Content-Length: 10"]))
                 await writer.drain()
@@ -286,8 +292,8 @@ async def test_fast_path_errors_equal_httpx(
 async def test_fast_path_read_timeout_carries_the_request(canned: CannedServer) -> None:
     async with ExClient(base_url=canned.url) as client:
         with pytest.raises(httpx.ReadTimeout) as info:
-            await client.get("/split", timeout=httpx.Timeout(5.0, read=0.005))
-        assert info.value.request.url == canned.url + "/split"
+            await client.get("/stall", timeout=httpx.Timeout(5.0, read=0.5))
+        assert info.value.request.url == canned.url + "/stall"
         assert_pool_clean(client)
 
 
@@ -409,7 +415,9 @@ async def test_a_request_hook_alone_still_runs(canned: CannedServer) -> None:
 
 async def test_hand_built_request_gets_the_client_timeout_as_httpx(canned: CannedServer) -> None:
     # A request made without build_request has no timeout extension; send() adds the client's.
-    timeout = httpx.Timeout(5.0, read=0.005)
+    # /stall never sends its body, so only the read timeout ends the second send; 0.5 s is
+    # long enough for /plain's answer on a loaded machine.
+    timeout = httpx.Timeout(5.0, read=0.5)
     extensions = []
     for cls in (httpx.AsyncClient, ExClient):
         async with cls(timeout=timeout) as client:
@@ -417,7 +425,7 @@ async def test_hand_built_request_gets_the_client_timeout_as_httpx(canned: Canne
             await client.send(request)
             extensions.append(request.extensions)
             with pytest.raises(httpx.ReadTimeout):  # the read timeout is the client's
-                await client.send(httpx.Request("GET", canned.url + "/split"))
+                await client.send(httpx.Request("GET", canned.url + "/stall"))
     assert extensions[1] == extensions[0] == {"timeout": timeout.as_dict()}
 
 

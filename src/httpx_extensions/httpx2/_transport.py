@@ -86,6 +86,15 @@ def _can_resend(request: httpx2.Request) -> bool:
     return request.method in _IDEMPOTENT_METHODS and isinstance(request.stream, httpx2.ByteStream)
 
 
+# Where a URL goes: (the URL, raw scheme, port, origin, request target), per URL object.
+# httpx2 URLs are immutable, and ExClient hands out one object per str URL (_client's
+# _parse_url), so a client calling the same endpoints finds them here instead of deriving
+# them again (five URL properties and an Origin per request). Keyed by id(); the entry keeps
+# its URL alive, so no other object can take that id while it is cached. Emptied when full.
+_Route = tuple[httpx2.URL, bytes, int, httpcore2.Origin, bytes]
+_ROUTES_MAX = 256
+_METHODS = {m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")}
+
 # Mocking libraries (respx) patch this method to intercept requests; when it is not httpcore2's
 # own, requests are handed to it so those mocks work with ExClient unchanged.
 _STOCK_POOL_HANDLER = httpcore2.AsyncConnectionPool.handle_async_request
@@ -236,6 +245,7 @@ class _Response(httpx2.Response):
         headers: list[tuple[bytes, bytes]],
         stream: _ResponseStream,
         extensions: dict[str, typing.Any],
+        header_list: list[tuple[bytes, bytes, bytes]] | None = None,
     ) -> _Response:
         """``_Response(status_code, headers=headers, stream=stream, extensions=extensions)``.
 
@@ -243,12 +253,17 @@ class _Response(httpx2.Response):
         compares them attribute by attribute), for a fifth of the work: the headers come
         from our parser as validated ``bytes`` pairs, so the per-header type checks and
         conversions of ``httpx2.Headers`` have nothing to do, and ``extensions`` is a dict
-        made for this response alone, so it needs no copy.
+        made for this response alone, so it needs no copy. ``header_list`` is ``headers``
+        with their lowercased names, as ``httpx2.Headers`` keeps them, when the parser has it.
         """
         response = cls.__new__(cls)
         response.status_code = status_code
         response_headers = _new_headers()
-        response_headers._list = [(key, key.lower(), value) for key, value in headers]
+        response_headers._list = (
+            [(key, key.lower(), value) for key, value in headers]
+            if header_list is None
+            else header_list
+        )
         response_headers._encoding = None
         response.headers = response_headers
         response._request = None
@@ -377,6 +392,7 @@ class ExTransport(httpx2.AsyncBaseTransport):
         self._keepalive_expiry = limits.keepalive_expiry
         self._backends = AsyncBackends()
         self._mock_pool: httpcore2.AsyncConnectionPool | None = None
+        self._routes: dict[int, _Route] = {}
 
         self._proxy: httpx2.Proxy | None = None
         self._socks = False
@@ -457,7 +473,8 @@ class ExTransport(httpx2.AsyncBaseTransport):
 
     # Sending.
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+    def _route(self, request: httpx2.Request) -> _Route:
+        """Where ``request.url`` goes, checked, and kept for the next request to that URL."""
         url = request.url
         scheme = url.raw_scheme
         if scheme not in _DEFAULT_PORTS:
@@ -471,6 +488,20 @@ class ExTransport(httpx2.AsyncBaseTransport):
             )
         if not url.raw_host:
             raise httpx2.UnsupportedProtocol("Request URL is missing a host name.", request=request)
+        port = url.port or _DEFAULT_PORTS[scheme]
+        route = (url, scheme, port, httpcore2.Origin(scheme, url.raw_host, port), url.raw_path)
+        routes = self._routes
+        if len(routes) >= _ROUTES_MAX:
+            routes.clear()
+        routes[id(url)] = route
+        return route
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        route = self._routes.get(id(url))
+        if route is None or route[0] is not url:
+            route = self._route(request)
+        _, scheme, port, origin, target = route
         extensions = request.extensions
         pin = extensions.get(CONN_ID)
         if pin is not None and (isinstance(pin, bool) or not isinstance(pin, int)):
@@ -483,8 +514,6 @@ class ExTransport(httpx2.AsyncBaseTransport):
         if proxy_auth is not None and proxy_auth.partition is not None:
             # The identity presented to the proxy is part of the key (curl CVE-2016-0755).
             partition = (partition, proxy_auth.partition)
-        port = url.port or _DEFAULT_PORTS[scheme]
-        origin = httpcore2.Origin(scheme, url.raw_host, port)
         timeout = extensions.get("timeout")
         pool_timeout = timeout.get("pool") if timeout else None
 
@@ -494,9 +523,7 @@ class ExTransport(httpx2.AsyncBaseTransport):
             # Forward proxying: absolute-form target on a connection to the proxy.
             target = bytes(str(url), "ascii")
             headers = self._with_proxy_headers(headers)
-        else:
-            target = url.raw_path
-        method = request.method.encode("ascii")
+        method = _METHODS.get(request.method) or request.method.encode("ascii")
 
         if httpcore2.AsyncConnectionPool.handle_async_request is not _STOCK_POOL_HANDLER:
             return await self._handle_mocked(request, port, target, headers)
@@ -511,7 +538,7 @@ class ExTransport(httpx2.AsyncBaseTransport):
                 if mapped is None:
                     raise
                 raise mapped from exc
-            connection = typing.cast(HTTP11Connection, conn.connection)
+            connection: HTTP11Connection = conn.connection  # type: ignore[assignment]
             try:
                 wire = headers
                 if conn.requests == 1 and PREEMPTIVE in extensions:
@@ -561,6 +588,7 @@ class ExTransport(httpx2.AsyncBaseTransport):
                 "network_stream": head.network_stream,
                 CONN_ID: conn.conn_id,
             },
+            head.header_list,
         )
         if not head.set_cookie:
             response.sets_cookies = False

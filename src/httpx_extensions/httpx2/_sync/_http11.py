@@ -114,8 +114,6 @@ _TARGET_RE = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _HEADER_LINE = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*"
 _HEADER_LINE_RE = re.compile(_HEADER_LINE)
-# Every line of a header block at once (a line may end in CR).
-_HEADER_LINES_RE = re.compile(rb"^" + _HEADER_LINE + rb"\r?$", re.MULTILINE)
 _HEAD_END_RE = re.compile(rb"\n\r?\n")
 # RFC 9110 5.6.4 quoted-string: qdtext or a quoted-pair.
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
@@ -151,6 +149,40 @@ _SET_COOKIE_HEADERS = frozenset({b"set-cookie", b"set-cookie2"})
 _IDLE, _ACTIVE, _BROKEN, _CLOSED = "IDLE", "ACTIVE", "BROKEN", "CLOSED"
 
 Headers = list[tuple[bytes, bytes]]
+# (name, lowercased name, value): how httpx2.Headers keeps a header (its ``_list``).
+HeaderList = list[tuple[bytes, bytes, bytes]]
+
+# One framing header, parsed: (lowercased name, its data): Content-Length and
+# Transfer-Encoding: their list elements; Connection: whether it says close; Set-Cookie: None.
+_FramingPart = tuple[bytes, Any]
+
+# Header lines already parsed, by their bytes: (name, value), (name, lowered name, value),
+# and what the line says about the framing (None for most lines; see _framing_part). A
+# server repeats most of its lines response after response (Server, Content-Type,
+# Connection, Date within a second); a line seen before costs one dict lookup instead of a
+# regex match, a lower() and the framing checks (together about a tenth of the client's
+# instructions per request). Lines that may carry a secret (challenges, cookies) are never
+# kept, nor long ones; the cache is emptied when full, so a server that never repeats a
+# line costs a little memory, not time.
+_Line = tuple[tuple[bytes, bytes], tuple[bytes, bytes, bytes], _FramingPart | None]
+_LINES: dict[bytes, _Line] = {}
+_LINES_MAX = 512
+_LINE_MAX_BYTES = 256
+_UNCACHED_LINES = frozenset(
+    {
+        b"authorization",
+        b"proxy-authorization",
+        b"www-authenticate",
+        b"proxy-authenticate",
+        b"authentication-info",
+        b"proxy-authentication-info",
+        b"set-cookie",
+        b"set-cookie2",
+    }
+)
+# Status lines already parsed: (status, reason, version); the same few come back.
+_STATUS_LINES: dict[bytes, tuple[int, bytes, bytes]] = {}
+_STATUS_LINES_MAX = 64
 
 
 class ResponseHead(typing.NamedTuple):
@@ -164,6 +196,9 @@ class ResponseHead(typing.NamedTuple):
     network_stream: httpcore2.NetworkStream
     #: False when the head has no ``Set-Cookie``/``Set-Cookie2`` header (nothing for a jar).
     set_cookie: bool = True
+    #: ``headers`` as ``httpx2.Headers`` keeps them (name, lowercased name, value), when the
+    #: parser has them at hand (None otherwise: derive them from ``headers``).
+    header_list: HeaderList | None = None
 
 
 def _redact(headers: Headers) -> Headers:
@@ -181,6 +216,19 @@ def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
     ]
 
 
+def _framing_part(lower: bytes, value: bytes) -> _FramingPart:
+    """What one framing header (``lower`` in _FRAMING_HEADERS or _SET_COOKIE_HEADERS) says."""
+    if lower == b"content-length":
+        # Empty elements kept: "5," is not a valid Content-Length (RFC 9110 8.6).
+        return lower, tuple(p.strip(b" \t") for p in value.split(b","))
+    if lower in _SET_COOKIE_HEADERS:
+        return lower, None
+    parts = tuple(p.strip().lower() for p in value.split(b",") if p.strip())
+    if lower == b"connection":
+        return lower, b"close" in parts
+    return lower, parts
+
+
 class _Framing(typing.NamedTuple):
     """What a response's headers say about its body and the connection, in one pass."""
 
@@ -191,25 +239,31 @@ class _Framing(typing.NamedTuple):
 
     @classmethod
     def of(cls, headers: Headers) -> _Framing:
+        return cls.combine(
+            [
+                _framing_part(lower, value)
+                for key, value in headers
+                if (lower := key.lower()) in _FRAMING_HEADERS or lower in _SET_COOKIE_HEADERS
+            ]
+        )
+
+    @classmethod
+    def combine(cls, parts: Iterable[_FramingPart]) -> _Framing:
+        """The framing of a head from the :func:`_framing_part` of its framing headers."""
         close = set_cookie = False
         encodings: list[bytes] | None = None
         lengths: list[bytes] | None = None
-        for key, value in headers:
-            lower = key.lower()
-            if lower not in _FRAMING_HEADERS:
-                if lower in _SET_COOKIE_HEADERS:
-                    set_cookie = True
-                continue
+        for lower, data in parts:
             if lower == b"content-length":
-                # Empty elements kept: "5," is not a valid Content-Length (RFC 9110 8.6).
-                lengths = (lengths or []) + [p.strip(b" \t") for p in value.split(b",")]
-                continue
-            parts = [p.strip().lower() for p in value.split(b",") if p.strip()]
-            if lower == b"connection":
-                close = close or b"close" in parts
-            else:
-                encodings = (encodings or []) + parts
-        return cls(close, encodings, lengths, set_cookie)
+                lengths = list(data) if lengths is None else lengths + list(data)
+            elif lower == b"connection":
+                close = close or data
+            elif lower == b"transfer-encoding":
+                encodings = list(data) if encodings is None else encodings + list(data)
+            else:  # Set-Cookie, Set-Cookie2
+                set_cookie = True
+        # cls(...) without the Python-level __new__ that NamedTuple generates.
+        return tuple.__new__(cls, (close, encodings, lengths, set_cookie))
 
     def body_length(self) -> int | None:
         """The Content-Length, or None without one.
@@ -258,6 +312,9 @@ class _Framing(typing.NamedTuple):
                 else "Empty Transfer-Encoding header"
             )
         return True
+
+
+_NO_FRAMING = _Framing(False, None, None, False)
 
 
 class _Upgraded(httpcore2.NetworkStream):
@@ -553,14 +610,13 @@ class HTTP11Connection:
     ) -> ResponseHead:
         informational = informational_bytes = 0
         while True:
-            status, reason, version, headers, size = self._read_head(timeout)
+            status, reason, version, headers, header_list, framing, size = self._read_head(timeout)
             if status < 100:
                 raise httpcore2.RemoteProtocolError(f"Invalid status code {status:03d}")
             if status >= 200 or status == 101:
                 break
             # 1xx (100 Continue, 103 Early Hints): informational, the real answer follows.
             # Their framing headers mean nothing, but must still be valid (as h11 checks).
-            framing = _Framing.of(headers)
             framing.body_length()
             framing.is_chunked()
             # Bounded in count and bytes: each head is bounded by MAX_HEAD_SIZE, but a
@@ -577,7 +633,6 @@ class HTTP11Connection:
                     f"Informational (1xx) responses larger than {MAX_HEAD_SIZE} bytes in total "
                     "without a final response (limit MAX_HEAD_SIZE)"
                 )
-        framing = _Framing.of(headers)
         # Checked for every response, also those whose body they do not frame (as h11 does).
         length = framing.body_length()
         chunked = framing.is_chunked()
@@ -616,11 +671,21 @@ class HTTP11Connection:
         else:
             body = self._until_close(timeout)
         return ResponseHead(
-            status, reason, b"HTTP/" + version, headers, body, stream, framing.set_cookie
+            status,
+            reason,
+            b"HTTP/" + version,
+            headers,
+            body,
+            stream,
+            framing.set_cookie,
+            header_list,
         )
 
-    def _read_head(self, timeout: float | None) -> tuple[int, bytes, bytes, Headers, int]:
-        """Status, reason, version, headers, and how many bytes the head took."""
+    def _read_head(
+        self, timeout: float | None
+    ) -> tuple[int, bytes, bytes, Headers, HeaderList, _Framing, int]:
+        """Status, reason, version, headers (as pairs and as httpx2 keeps them), what they
+        say about the framing, and how many bytes the head took."""
         buffer = self._buffer
         match = _HEAD_END_RE.search(buffer)
         while match is None:
@@ -650,23 +715,23 @@ class HTTP11Connection:
         status_line = raw if first_end < 0 else raw[:first_end]
         if status_line[-1:] == b"\r":  # one CR before the LF, no more: a bare CR is refused
             status_line = status_line[:-1]
-        matched = _STATUS_LINE_RE.fullmatch(status_line)
-        if matched is None:
-            if not status_line.startswith(b"HTTP/"):
-                raise httpcore2.RemoteProtocolError(
-                    f"Invalid status line {_shown(status_line)}: the server did not answer "
-                    "with HTTP/1.x"
-                )
-            raise httpcore2.RemoteProtocolError(f"Invalid status line {_shown(status_line)}")
-        version, status, reason = matched.groups()
+        known = _STATUS_LINES.get(status_line)
+        if known is None:
+            known = _parse_status_line(status_line)
+        status, reason, version = known
         if first_end < 0:
-            return int(status), reason or b"", version, [], end
-        # Every header line at once; when some line does not match (a folded or invalid
-        # one), the line-by-line parse handles it or says what is wrong.
-        headers: Headers = _HEADER_LINES_RE.findall(raw, first_end + 1)
-        if len(headers) != raw.count(b"\n", first_end + 1) + 1:
+            return status, reason, version, [], [], _NO_FRAMING, end
+        block = raw[first_end + 1 :]
+        if block[-1:] == b"\r":  # the CR of the last line's CRLF
+            block = block[:-1]
+        parsed = _parse_header_lines(block)
+        if parsed is None:
+            # Some line is folded, ends in a bare LF, or is invalid: the line-by-line parse
+            # handles it or says what is wrong.
             headers = _parse_fields(raw[first_end + 1 :], "response head")
-        return int(status), reason or b"", version, headers, end
+            header_list = [(key, key.lower(), value) for key, value in headers]
+            return status, reason, version, headers, header_list, _Framing.of(headers), end
+        return status, reason, version, *parsed, end
 
     def _fill(self, timeout: float | None) -> bool:
         data = self._stream.read(_READ_SIZE, timeout)
@@ -803,6 +868,76 @@ class HTTP11Connection:
         self._state = _IDLE
         if self._keepalive_expiry is not None:
             self._expire_at = _clock() + self._keepalive_expiry
+
+
+def _parse_status_line(line: bytes) -> tuple[int, bytes, bytes]:
+    """Status, reason and version of a status line (without its line end).
+
+    Raises a RemoteProtocolError when it is not ``HTTP/1.x NNN [reason]``.
+    """
+    matched = _STATUS_LINE_RE.fullmatch(line)
+    if matched is None:
+        if not line.startswith(b"HTTP/"):
+            raise httpcore2.RemoteProtocolError(
+                f"Invalid status line {_shown(line)}: the server did not answer with HTTP/1.x"
+            )
+        raise httpcore2.RemoteProtocolError(f"Invalid status line {_shown(line)}")
+    version, status, reason = matched.groups()
+    parsed = int(status), reason or b"", version
+    if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
+        _STATUS_LINES.clear()
+    _STATUS_LINES[line] = parsed
+    return parsed
+
+
+def _parse_header_lines(block: bytes) -> tuple[Headers, HeaderList, _Framing] | None:
+    """The header lines of a response head, each ended by CRLF (the last one's cut off).
+
+    Returns the headers as pairs and as httpx2 keeps them, and their framing; None when a
+    line does not match a plain ``name: value`` line (obsolete folding, a bare LF or CR, an
+    invalid line): :func:`_parse_fields` then parses the block or says what is wrong.
+    """
+    headers: Headers = []
+    header_list: HeaderList = []
+    framing: list[_FramingPart] | None = None
+    get = _LINES.get
+    for line in block.split(b"\r\n"):
+        known = get(line) or _new_line(line)
+        if known is None:
+            return None
+        headers.append(known[0])
+        header_list.append(known[1])
+        part = known[2]
+        if part is not None:
+            if framing is None:
+                framing = [part]
+            else:
+                framing.append(part)
+    if framing is None:
+        return headers, header_list, _NO_FRAMING
+    return headers, header_list, _Framing.combine(framing)
+
+
+def _new_line(line: bytes) -> _Line | None:
+    """A header line not in the cache, parsed (and cached when it may be); None if invalid."""
+    field = _HEADER_LINE_RE.fullmatch(line)
+    if field is None:
+        return None
+    name: bytes = field[1]
+    value: bytes = field[2]
+    lowered = name.lower()
+    parsed = (
+        (name, value),
+        (name, lowered, value),
+        _framing_part(lowered, value)
+        if lowered in _FRAMING_HEADERS or lowered in _SET_COOKIE_HEADERS
+        else None,
+    )
+    if lowered not in _UNCACHED_LINES and len(line) <= _LINE_MAX_BYTES:
+        if len(_LINES) >= _LINES_MAX:
+            _LINES.clear()
+        _LINES[line] = parsed
+    return parsed
 
 
 def _parse_fields(block: bytes, section: str) -> Headers:
