@@ -390,9 +390,10 @@ def test_http11_informational_responses_up_to_the_limit_accepted(
     with client() as c:
         response = c.get(server.url)
         assert (response.status_code, response.text) == (200, "answer")
-    one_more = b"HTTP/1.1 100 Continue\r\n\r\n" * (MAX_INFORMATIONAL + 1) + reply(b"answer")
+    # The limit is written out (a test reading MAX_INFORMATIONAL would follow a change): 100.
+    one_more = b"HTTP/1.1 100 Continue\r\n\r\n" * 101 + reply(b"answer")
     server = serve([one_more, HANG], reply(b"recovered"))
-    _refused(server, rf"more than {MAX_INFORMATIONAL} informational")
+    _refused(server, r"more than 100 informational")
 
 
 def test_http11_trailer_section_up_to_the_limit_accepted(
