@@ -171,6 +171,60 @@ TARGETS += tuple(
 )
 GENERATED_FOLDERS += ("_sync",)
 
+# The sync twins of tests written once for ExClient, in tests/sync/: the same scenarios on the
+# generated sync modules (their coverage comes from these, not from the async tests). The sync
+# axis, then this one: anyio's sleeps and checkpoints become the thread's, the imports point
+# at the sync modules.
+AXES["sync-tests"] = (
+    Rule(r"pytestmark = pytest\.mark\.anyio\n", ""),
+    Rule(r"import anyio\nimport anyio\.lowlevel\n", ""),
+    Rule(r"anyio\.sleep\(", "time.sleep("),
+    Rule(r"anyio\.lowlevel\.checkpoint\(\)", "time.sleep(0)"),
+    Rule("aiter_raw", "iter_raw"),
+    Rule(r"from httpx_extensions\._http11 import", "from httpx_extensions._sync._http11 import"),
+    Rule(
+        r"from httpx_extensions import _http11 as", "from httpx_extensions._sync import _http11 as"
+    ),
+    Rule(r"from \.conftest import", "from ..conftest import"),
+    Rule(r"from \.servers import", "from ..servers import"),
+)
+# Tests whose scenarios need no change but the axes (the others are below, with their rules).
+_SYNC_TESTS = (
+    "test_http11_hardening.py",
+    "test_proxy_server.py",
+    "test_retry_auth.py",
+)
+TARGETS += tuple(
+    Target(f"tests/{name}", f"tests/sync/{name}", ("sync", "sync-tests")) for name in _SYNC_TESTS
+)
+TARGETS += (
+    Target(
+        "tests/test_http11.py",
+        "tests/sync/test_http11.py",
+        ("sync", "sync-tests"),
+        extra=(
+            Rule(r"anyio\.fail_after\(20\), ", ""),  # the read timeout itself ends the wait
+            # Task cancellation has no sync twin: tests/test_sync_interrupt.py interrupts
+            # threads instead.
+            Rule(
+                '@pytest.mark.parametrize\\("where", \\["head", "body"\\]\\)\n',
+                '@pytest.mark.skip(reason="task cancellation is async only; see '
+                'test_sync_interrupt.py")\n@pytest.mark.parametrize("where", ["head", "body"])\n',
+            ),
+            Rule(r"anyio\.move_on_after\(0\.3\) as scope", "contextlib.nullcontext() as scope"),
+            # A sync iterable body within _COALESCE_LIMIT is joined and checked before
+            # anything goes out (the async client streams an async iterable): nothing is sent.
+            Rule(
+                r'assert b"content-length: 5" in head\.lower\(\)\n',
+                'assert conn.received == b""  # checked before the head went out\n',
+            ),
+            # The in-memory exchange is a plain call here, not a coroutine to drive.
+            Rule(r"_run\(_exchange", "(_exchange"),
+        ),
+    ),
+)
+GENERATED_FOLDERS += ("tests/sync",)
+
 # --- httpx2 (issue 10) ------------------------------------------------------------------------
 # httpx_extensions.httpx2: every module that imports httpx or httpcore, rewritten onto httpx2 and
 # httpcore2. The real differences are in _flavour.py / _flavour_httpx2.py (hand-written, one
@@ -238,6 +292,8 @@ _HTTPX2_TESTS = (
     "test_pool.py",
     "test_proxy_auth.py",
     "test_sync_client.py",
+    "test_sync_interrupt.py",
+    "test_sync_paths.py",
     "test_sync_proxy.py",
     "test_auth_options.py",
     "test_auth_rejection.py",
