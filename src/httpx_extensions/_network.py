@@ -15,8 +15,8 @@ owns (``recv_into``) instead of allocating a ``bytes`` of its ``max_size`` (256 
 selector loop) for every read and shrinking it to what came. An allocation that large is above
 glibc's initial mmap threshold (128 KiB), so unless something earlier in the process happened to
 free a larger block (which raises the threshold), each socket read cost an mmap, an mremap and
-an munmap, plus page faults: a third more CPU per request in a process where nothing had (the
-httpx2 flavour, whose default TLS context loads no CA file, unlike certifi's on httpx).
+an munmap, plus page faults: 1.4x the CPU per request in a process where nothing had (most
+processes of the httpx2 flavour, depending on the hash seed; docs/httpx2.md, "Speed").
 """
 
 from __future__ import annotations
