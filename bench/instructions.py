@@ -11,6 +11,7 @@ issue-style targets ("1.2x aiohttp") translate to, as long as both wait on the s
 
     .venv/bin/python bench/instructions.py                     # exclient, aiohttp, raw; /4k
     .venv/bin/python bench/instructions.py --clients exclient --path /
+    .venv/bin/python bench/instructions.py --clients exclient,exclient-httpx2  # both flavours
 
 Needs valgrind (Debian: ``apt-get install valgrind``). About a minute per client.
 """
@@ -50,9 +51,14 @@ async def main():
             await client.get(url)
         await client.aclose()
     else:
-        import httpx
+        if name in ("httpx2", "exclient-httpx2"):
+            import httpx2 as httpx  # the same API under another name
+        else:
+            import httpx
         if name == "exclient":
             from httpx_extensions import ExClient as cls
+        elif name == "exclient-httpx2":
+            from httpx_extensions.httpx2 import ExClient as cls
         else:
             cls = httpx.AsyncClient
         async with cls(limits=httpx.Limits(max_connections=100)) as c:
@@ -66,6 +72,8 @@ CLIENTS = {
     "exclient": "ExClient",
     "aiohttp": "aiohttp.ClientSession",
     "httpx": "httpx.AsyncClient",
+    "exclient-httpx2": "ExClient on httpx2",
+    "httpx2": "httpx2.AsyncClient",
     "raw": "raw asyncio",
 }
 

@@ -11,6 +11,14 @@ any other loop) the transport keeps using httpcore2's AnyIO backend.
 
 It implements httpcore2's public ``AsyncNetworkBackend``/``AsyncNetworkStream`` interfaces, so the
 connections above it are httpcore2's own.
+
+The protocol is an ``asyncio.BufferedProtocol``: the loop receives into a buffer the connection
+owns (``recv_into``) instead of allocating a ``bytes`` of its ``max_size`` (256 KiB on the
+selector loop) for every read and shrinking it to what came. An allocation that large is above
+glibc's initial mmap threshold (128 KiB), so unless something earlier in the process happened to
+free a larger block (which raises the threshold), each socket read cost an mmap, an mremap and
+an munmap, plus page faults: 1.4x the CPU per request in a process where nothing had (most
+processes of the httpx2 flavour, depending on the hash seed; docs/httpx2.md, "Speed").
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ __all__ = ["AsyncioBackend", "Deadlines"]
 # faster than the caller consumes it); resume below the low mark.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
+# What one socket read receives at most: httpcore2's own read size (READ_NUM_BYTES), so a read
+# httpcore2 asks for is one system call; one buffer of this size per connection.
+_RECEIVE_SIZE = 1 << 16
 
 
 class Deadlines:
@@ -89,7 +100,7 @@ class Deadlines:
             self._at = nearest
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(asyncio.BufferedProtocol):
     """Buffers what arrives; wakes at most one reader and one writer."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -98,6 +109,8 @@ class _Protocol(asyncio.Protocol):
         # the only one (the common case: one response head and body per read), so that
         # neither buffering nor reading it copies it; a bytearray once more are appended.
         self.buffer: bytes | bytearray = b""
+        # Where the loop receives (get_buffer); made on the first read.
+        self._receive: memoryview | None = None
         self.eof = False
         self.error: BaseException | None = None
         self.read_waiter: asyncio.Future[None] | None = None
@@ -109,6 +122,16 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        receive = self._receive
+        if receive is None:
+            self._receive = receive = memoryview(bytearray(_RECEIVE_SIZE))
+        return receive
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._receive is not None  # get_buffer came first
+        self.data_received(self._receive[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
