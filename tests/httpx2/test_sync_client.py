@@ -27,21 +27,12 @@ from httpx_extensions.httpx2 import (
     NTLMAuth,
 )
 
+from ..conftest import assert_pool_clean
 from ..servers import IISLikeServer, LoopbackServer, write_user_file
 
 USERS = [("EXAMPLE", "alice", "Passw0rd"), ("EXAMPLE", "bob", "hunter2")]
 ALICE = ("EXAMPLE\\alice", "Passw0rd")
 BOB = ("EXAMPLE\\bob", "hunter2")
-
-
-def assert_pool_clean(client: ExSyncClient) -> None:
-    leftover = [
-        info
-        for info in client.connections
-        if info.state
-        in (ConnectionState.ACTIVE, ConnectionState.RESERVED, ConnectionState.CONNECTING)
-    ]
-    assert leftover == [], f"connections left busy: {leftover}"
 
 
 def in_threads(n: int, threads: int, fn: Callable[[int], Any]) -> list[Any]:
