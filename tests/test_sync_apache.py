@@ -81,5 +81,9 @@ def test_sync_apache_two_identities_from_16_threads_never_cross(
     ]
     conns = [{conn for who, _, _, conn in results if who == k} for k in (0, 1)]
     assert not conns[0] & conns[1]  # a connection authenticated as one never serves the other
+    # Strict FIFO across identities opens about one connection every other request (n / 2).
+    # Threads are scheduled by the OS, so how often a freed connection finds a waiter of its
+    # own identity varies with the machine's load (163 of 600 seen once on a loaded machine):
+    # the bound sits between that and FIFO's churn.
     connections = server.connections(at_least_exchanges=n)
-    assert connections < n // 4, connections
+    assert connections < n * 2 // 5, connections
