@@ -46,6 +46,8 @@ import plain  # noqa: E402
 DPI = 100
 WIDTH = 900  # px: README width
 PLAIN_HEIGHT = 500  # px
+PLAIN_LEGEND_COLUMNS = 3
+LEGEND_ROW = 22  # px
 NTLM_HEIGHT_PER_MODE = 325  # px, plus NTLM_HEIGHT_EXTRA for the title and legend
 NTLM_HEIGHT_EXTRA = 150
 BENCHMARKS = {"plain": "plain-get", "ntlm": "ntlm"}  # the "benchmark" field of each JSON
@@ -54,11 +56,14 @@ BENCHMARKS = {"plain": "plain-get", "ntlm": "ntlm"}  # the "benchmark" field of 
 COLOURS = {
     "exclient": "#D55E00",
     "exclient-uvloop": "#D55E00",
+    "exclient-httpx2": "#E69F00",
+    "exsyncclient": "#882255",
     "aiohttp-uvloop": "#009E73",
     "raw": "#777777",
     "raw-uvloop": "#777777",
     "httpx": "#0072B2",
     "httpx-ntlm": "#0072B2",
+    "httpx2": "#56B4E9",
     "aiohttp": "#009E73",
     "aiohttp-ntlm": "#009E73",
     "requests-ntlm": "#CC79A7",
@@ -136,14 +141,17 @@ def draw_plain(data: dict) -> Figure:
     cfg = data["config"]
     cells = {(r["client"], r["concurrency"]): r.get("best") or {} for r in data["results"]}
     cs = cfg["concurrency"]
+    # The legend wraps at PLAIN_LEGEND_COLUMNS entries a row (one more for "failed requests");
+    # each row past the first takes LEGEND_ROW px from the plot, so nothing is cut at the edge.
+    rows = -(-(len(cfg["clients"]) + 1) // PLAIN_LEGEND_COLUMNS)
     fig = _figure(
-        PLAIN_HEIGHT,
+        PLAIN_HEIGHT + LEGEND_ROW * (rows - 1),
         f"GET {plain.BODIES[cfg.get('body', 'ok')][0]} → 200 from a local nginx: successful "
         "req/s by concurrency (higher is better)",
         f"{facts(data)}\n{cfg['requests']:,} requests per run after {cfg['warmup']:,} warm-up, "
         f"max_connections={cfg['max_connections']}, best of {cfg['repeat']}",
         top=82,
-        bottom=78,
+        bottom=78 + LEGEND_ROW * (rows - 1),
     )
     ax = fig.add_subplot()
     failures = False
@@ -194,7 +202,7 @@ def draw_plain(data: dict) -> Figure:
         handles.append(
             Line2D([], [], marker="X", color=FAILED, linestyle="", label="failed requests")
         )
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), PLAIN_LEGEND_COLUMNS))
     return fig
 
 
