@@ -8,10 +8,10 @@ the challenges it must refuse (then the proxy's 407 is returned as it is).
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import pytest
 
-from httpx_extensions import _proxy_auth
 from httpx_extensions._proxy_auth import _Digest
 
 # RFC 7616, section 3.9.1.
@@ -33,7 +33,7 @@ def fields(header: bytes) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def rfc_cnonce(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_proxy_auth.secrets, "token_hex", lambda n: RFC_CNONCE)
+    monkeypatch.setattr(secrets, "token_hex", lambda n: RFC_CNONCE)
 
 
 @pytest.mark.parametrize(
