@@ -174,7 +174,7 @@ class _Protocol(asyncio.BufferedProtocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is None:
-            return
+            return  # pragma: no cover - socket transports keep "socket" until closed
         try:
             with sock.dup() as dup:
                 dup.setblocking(False)

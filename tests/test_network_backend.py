@@ -1,0 +1,165 @@
+"""The asyncio network backend (``_network.py``) on its own, against loopback peers.
+
+The client tests reach it through ExClient; these drive the stream directly for what a request
+seldom shows: a peer that resets the connection while we read or while an upload is stalled,
+a connect that times out, and the shared deadline timer with waits that ended before it fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator
+
+import httpcore
+import pytest
+import trustme
+
+from httpx_extensions._network import AsyncioBackend, Deadlines
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the backend is asyncio-only (trio keeps httpcore's AnyIO backend)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    # SO_LINGER with a zero timeout: close() sends a RST instead of a FIN.
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class Peer:
+    """A loopback server whose per-connection behaviour each test sets."""
+
+    def __init__(self) -> None:
+        self.accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        self.port = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.accepted.put((reader, writer))
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    p = Peer()
+    server = await asyncio.start_server(p._accept, "127.0.0.1", 0)
+    p.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield p
+        while not p.accepted.empty():
+            _, writer = p.accepted.get_nowait()
+            writer.close()
+
+
+async def test_network_read_after_reset_raises_read_error(peer: Peer) -> None:
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", peer.port)
+    _, writer = await peer.accepted.get()
+    assert stream.get_extra_info("is_readable") is False
+    _reset(writer)
+    with pytest.raises(httpcore.ReadError):
+        await stream.read(100)
+    await stream.aclose()
+
+
+async def test_network_read_after_reset_returns_what_arrived_first(peer: Peer) -> None:
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", peer.port)
+    _, writer = await peer.accepted.get()
+    writer.write(b"HTTP/1.1 413 Too Large\r\n\r\n")
+    await writer.drain()
+    assert await stream.read(100) == b"HTTP/1.1 413 Too Large\r\n\r\n"
+    _reset(writer)
+    with pytest.raises(httpcore.ReadError):
+        await stream.read(100)
+    await stream.aclose()
+
+
+async def test_network_stalled_upload_fails_with_write_error_on_reset(peer: Peer) -> None:
+    # No timeout: only the reset ends the wait for the buffer to drain.
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", peer.port)
+    reader, writer = await peer.accepted.get()
+
+    async def reset_once_the_upload_starts() -> None:
+        await reader.readexactly(1)
+        _reset(writer)
+
+    task = asyncio.ensure_future(reset_once_the_upload_starts())
+    with pytest.raises(httpcore.WriteError):
+        # Far more than the socket buffers hold: the transport pauses writing.
+        await stream.write(b"x" * (64 << 20), timeout=None)
+    await task
+    # Once closed, an empty write is no write at all; a real one is refused.
+    await stream.write(b"")
+    with pytest.raises(httpcore.WriteError):
+        await stream.write(b"more")
+    await stream.aclose()
+
+
+async def test_network_connect_timeout_raises_connect_timeout() -> None:
+    # A zero timeout expires before the connection can be made (its transport is set up on a
+    # later turn of the loop), whatever the machine's speed. A bare listening socket: nothing
+    # accepted is left to close.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(httpcore.ConnectTimeout, match=r"timed out connecting to 127\.0\.0\.1"):
+            await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=0)
+
+
+async def test_network_connect_refuses_socket_options() -> None:
+    option = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with pytest.raises(ValueError, match="socket options"):
+        await AsyncioBackend().connect_tcp("127.0.0.1", 9, socket_options=[option])
+
+
+async def test_network_deadlines_skip_ended_waits_and_keep_later_ones() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop)
+    now = loop.time()
+    ended: asyncio.Future[None] = loop.create_future()
+    due: asyncio.Future[None] = loop.create_future()
+    soon: asyncio.Future[None] = loop.create_future()
+    later: asyncio.Future[None] = loop.create_future()
+    deadlines.add(ended, now - 1, TimeoutError)
+    deadlines.add(due, now - 1, TimeoutError)
+    deadlines.add(soon, now + 3600, TimeoutError)
+    deadlines.add(later, now + 7200, TimeoutError)
+    ended.set_result(None)  # the wait ended before the timer fired: left as it is
+    with pytest.raises(TimeoutError):
+        await due
+    assert ended.result() is None
+    assert not soon.done()
+    assert not later.done()
+    # The timer moved to the nearest deadline still pending; an earlier one moves it forward.
+    earlier: asyncio.Future[None] = loop.create_future()
+    deadlines.add(earlier, loop.time() - 1, ConnectionError)
+    with pytest.raises(ConnectionError):
+        await earlier
+    assert not soon.done()
+    assert not later.done()
+    deadlines.close()
+
+
+async def test_network_tls_read_after_reset_raises_read_error(
+    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    # Under TLS what the kernel still holds after a reset cannot be decrypted and is left.
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    p = Peer()
+    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
+    async with server:
+        plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
+        stream = await plain.start_tls(client_ssl_context, server_hostname="127.0.0.1")
+        _, writer = await p.accepted.get()
+        assert stream.get_extra_info("ssl_object") is not None
+        _reset(writer)
+        with pytest.raises(httpcore.ReadError):
+            await stream.read(100)
+        await stream.aclose()
