@@ -117,3 +117,36 @@ async def test_auth_remembers_an_authenticated_connection_within_the_bound(
             assert x.requests_total - before == 2
             assert_pool_clean(client)
         assert x.errors == []
+
+
+async def test_auth_a_connection_used_again_is_remembered_longest(
+    user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_auth, "_REMEMBERED_CONNECTIONS", 2)
+    auth = NTLMAuth(*ALICE)
+    with (
+        IISLikeServer(user_file=user_file, schemes=("NTLM",)) as x,
+        IISLikeServer(user_file=user_file, schemes=("NTLM",)) as y,
+        IISLikeServer(user_file=user_file, schemes=("NTLM",)) as z,
+    ):
+        async with ExClient() as client:
+            first = await client.get(x.url + "/", auth=auth)
+            assert (await client.get(y.url + "/", auth=auth)).status_code == 200
+            # x's connection serves again (no handshake): it becomes the most recently used...
+            assert (await client.get(x.url + "/", auth=auth)).extensions[CONN_ID] == (
+                first.extensions[CONN_ID]
+            )
+            assert x.handshakes_completed == 1
+            # ...so z's connection pushes y's out, not x's.
+            assert (await client.get(z.url + "/", auth=auth)).status_code == 200
+            # x now challenges every request, its authenticated connection too: the auth
+            # knows that connection, so it goes preemptive for x.
+            x.auth_per_request = True
+            assert (await client.get(x.url + "/", auth=auth)).status_code == 200
+            before = x.requests_total
+            assert (await client.get(x.url + "/", auth=auth)).status_code == 200
+            assert x.requests_total - before == 2
+            assert_pool_clean(client)
+        assert x.errors == []
+        assert y.errors == []
+        assert z.errors == []
