@@ -1,0 +1,85 @@
+"""Boundaries of ``_http11.py`` that the mutation check (``scripts/mutate http11``) found untested.
+
+Each test plays a server on a real loopback socket (the scripted server of
+``tests/test_http11.py``) through ``ExClient`` and checks what a user sees: the largest
+Content-Length and chunk size the parser promises to take are taken (one more is refused by
+``tests/test_http11_hardening.py``), and a cookie set by a response that leaves HTTP still
+reaches the client's jar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import assert_pool_clean
+from .test_http11 import ECHO, HANG, Answer, ScriptedServer, client
+
+pytestmark = pytest.mark.anyio
+
+_LARGEST = 2**63 - 1
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(*answers: Answer, **kwargs: Any) -> ScriptedServer:
+        server = ScriptedServer(*answers, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+async def _first_bytes(server: ScriptedServer) -> tuple[int, bytes]:
+    """Stream a GET: its status and the first body bytes; the response is then closed."""
+    async with client() as c:
+        async with (
+            c.stream("GET", server.url) as response,
+            contextlib.aclosing(response.aiter_raw()) as body,
+        ):
+            data = await anext(body)
+        # Closed with most of its body unread: the connection is dropped, not pooled.
+        assert c.connections == []
+        assert_pool_clean(c)
+    return response.status_code, data
+
+
+async def test_http11_content_length_of_2_63_minus_1_accepted(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % _LARGEST
+    server = serve([head + b"hello", HANG])
+    assert await _first_bytes(server) == (200, b"hello")
+
+
+async def test_http11_chunk_size_of_2_63_minus_1_accepted(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    size = b"%x" % _LARGEST
+    assert size == b"7fffffffffffffff"  # 16 hex digits: the digit bound lets it through
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = serve([head + size + b"\r\nhello", HANG])
+    assert await _first_bytes(server) == (200, b"hello")
+
+
+async def test_http11_cookie_set_by_an_upgrade_response_reaches_the_jar(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    switching = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n"
+        b"Set-Cookie: session=abc; Path=/\r\n\r\n"
+    )
+    server = serve([switching, ECHO])
+    headers = {"Upgrade": "echo", "Connection": "Upgrade"}
+    async with client() as c:
+        async with c.stream("GET", server.url, headers=headers) as response:
+            assert response.status_code == 101
+        assert c.cookies.get("session") == "abc"
+        assert_pool_clean(c)
