@@ -3,20 +3,21 @@
 Each test plays a server on a real loopback socket (the scripted server of
 ``tests/test_http11.py``) through ``ExClient`` and checks what a user sees: the largest
 Content-Length and chunk size the parser promises to take are taken (one more is refused by
-``tests/test_http11_hardening.py``), and a cookie set by a response that leaves HTTP still
-reaches the client's jar.
+``tests/test_http11_hardening.py``), a cookie set by a response that leaves HTTP still
+reaches the client's jar, and a head without ``Set-Cookie`` is not handed to the jar at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from .conftest import assert_pool_clean
-from .test_http11 import ECHO, HANG, Answer, ScriptedServer, client
+from .test_http11 import CLOSE, ECHO, HANG, Answer, ScriptedServer, client, reply
 
 pytestmark = pytest.mark.anyio
 
@@ -83,3 +84,33 @@ async def test_http11_cookie_set_by_an_upgrade_response_reaches_the_jar(
             assert response.status_code == 101
         assert c.cookies.get("session") == "abc"
         assert_pool_clean(c)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\n\r\n", id="no-header"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r\n", id="no-framing-header"),
+    ],
+)
+async def test_http11_response_without_set_cookie_skips_the_cookie_jar(
+    serve: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch, head: bytes
+) -> None:
+    # The head says it sets no cookie, so the client skips http.cookiejar's per-response
+    # work (the reason the flag exists); a response that does set one goes through it.
+    calls: list[object] = []
+    extract = http.cookiejar.CookieJar.extract_cookies
+
+    def spy(jar: http.cookiejar.CookieJar, response: Any, request: Any) -> None:
+        calls.append(response)
+        extract(jar, response, request)
+
+    monkeypatch.setattr(http.cookiejar.CookieJar, "extract_cookies", spy)
+    server = serve([head + b"hello", CLOSE], reply(b"", headers=[b"Set-Cookie: a=1"]))
+    async with client() as c:
+        response = await c.get(server.url)
+        assert response.content == b"hello"
+        assert calls == []
+        await c.get(server.url)
+        assert len(calls) == 1
+        assert c.cookies.get("a") == "1"
