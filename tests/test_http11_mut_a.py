@@ -14,10 +14,12 @@ import http.cookiejar
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpcore
 import pytest
 
 from .conftest import assert_pool_clean
 from .test_http11 import CLOSE, ECHO, HANG, Answer, ScriptedServer, client, reply
+from .test_http11_hardening import HOST, _connection, _Stream
 
 pytestmark = pytest.mark.anyio
 
@@ -114,3 +116,16 @@ async def test_http11_response_without_set_cookie_skips_the_cookie_jar(
         await c.get(server.url)
         assert len(calls) == 1
         assert c.cookies.get("a") == "1"
+
+
+async def test_http11_closed_connection_refuses_requests_and_says_so() -> None:
+    stream = _Stream(reply(b"never sent"))
+    connection = _connection(stream)
+    await connection.aclose()
+    # The pool reads these to decide not to close it again or hand it out.
+    assert connection.is_closed()
+    assert connection.has_expired()
+    assert not connection.is_idle()
+    with pytest.raises(httpcore.ConnectionNotAvailable):
+        await connection.send(b"GET", b"/", [HOST], [], {})
+    assert stream.written == []  # nothing went to a closed stream
