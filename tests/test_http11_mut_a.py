@@ -14,6 +14,8 @@ import http.cookiejar
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpcore
 import pytest
 
@@ -129,3 +131,18 @@ async def test_http11_closed_connection_refuses_requests_and_says_so() -> None:
     with pytest.raises(httpcore.ConnectionNotAvailable):
         await connection.send(b"GET", b"/", [HOST], [], {})
     assert stream.written == []  # nothing went to a closed stream
+
+
+async def test_http11_upgraded_stream_closed_by_the_user_closes_the_socket(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    server = serve([switching, ECHO])
+    headers = {"Upgrade": "echo", "Connection": "Upgrade"}
+    async with client() as c:
+        async with c.stream("GET", server.url, headers=headers) as response:
+            stream = response.extensions["network_stream"]
+            await stream.aclose()
+            # The server sees the close now, while the response is still open.
+            await anyio.to_thread.run_sync(server.wait_finished, 1)
+        assert_pool_clean(c)
