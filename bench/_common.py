@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -452,6 +453,54 @@ async def drive(
         if task.done() and not task.cancelled() and task.exception() is not None:
             kinds["worker crashed: " + type(task.exception()).__name__] += 1
     return {"ok": ok, "failed": failed, "kinds": dict(kinds), "stopped_early": bool(pending)}
+
+
+def drive_threads(
+    get: Callable[[str], str | None],
+    url: str,
+    total: int,
+    threads: int,
+    budget: float,
+) -> dict:
+    """:func:`drive` for a sync client: *threads* threads share one counter of *total*
+    requests; none starts a request after *budget* seconds (a request under way finishes)."""
+    lock = threading.Lock()
+    remaining = total
+    ok = failed = 0
+    kinds: Counter[str] = Counter()
+    deadline = time.monotonic() + budget
+    late = False
+
+    def worker() -> None:
+        nonlocal remaining, ok, failed, late
+        while True:
+            with lock:
+                if remaining <= 0:
+                    return
+                if time.monotonic() > deadline:
+                    late = True
+                    return
+                remaining -= 1
+            try:
+                bad = get(url)
+            except Exception as exc:
+                bad = type(exc).__name__
+            with lock:
+                if bad is None:
+                    ok += 1
+                else:
+                    failed += 1
+                    kinds[bad] += 1
+
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=max(0.0, deadline - time.monotonic()) + 30)
+    if any(t.is_alive() for t in pool):
+        late = True
+        kinds["worker still running at the end"] += 1
+    return {"ok": ok, "failed": failed, "kinds": dict(kinds), "stopped_early": late}
 
 
 @contextmanager

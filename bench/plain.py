@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Plain-GET benchmark: ExClient vs httpx.AsyncClient vs aiohttp.ClientSession.
 
+Beside them, the sync clients (ExSyncClient, httpx.Client, requests.Session) from
+min(c, 100) threads sharing one client: ``--clients exsyncclient,httpx-sync,requests``.
+
 Each client sends ``GET /`` to a private nginx on 127.0.0.1 that answers
 ``200 "ok"``, from C worker coroutines sharing one client (asyncio), each
 reading the full body, until N requests are done; ``max_connections=100``
@@ -24,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -42,7 +47,13 @@ CLIENTS = {
     "exclient-uvloop": "ExClient on uvloop",
     "aiohttp-uvloop": "aiohttp on uvloop",
     "raw-uvloop": "raw asyncio on uvloop (practical limit)",
+    "exsyncclient": "ExSyncClient (threads)",
+    "httpx-sync": "httpx.Client (threads)",
+    "requests": "requests.Session (threads)",
 }
+#: The sync clients: c threads share one client, up to this many (a thread each is costly).
+SYNC_CLIENTS = ("exsyncclient", "httpx-sync", "requests")
+SYNC_THREADS_MAX = 100
 #: The URL path of each --body choice, and what nginx answers there.
 BODIES = {"ok": ("/", b"ok"), "4k": ("/4k", _common.BODY_4K)}
 REFERENCE = "httpx"  # the client ExClient replaces; ratios are against it (and aiohttp)
@@ -135,6 +146,63 @@ def _make_client(name: str, expected: bytes):
     return client, get
 
 
+def _make_sync_client(name: str, expected: bytes) -> tuple[Any, Callable[[str], str | None]]:
+    """Return (client with close(), fn doing one request -> None if OK), for threads."""
+    if name == "requests":
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        session = requests.Session()
+        # One pool of MAX_CONNECTIONS that blocks when all are busy, as the others' limit.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=MAX_CONNECTIONS, pool_block=True)
+        session.mount("http://", adapter)
+
+        def get_requests(url: str) -> str | None:
+            resp = session.get(url)
+            ok = resp.status_code == 200 and resp.content == expected
+            return None if ok else "bad response"
+
+        return session, get_requests
+    import httpx
+
+    if name == "exsyncclient":
+        from httpx_extensions import ExSyncClient as cls
+    elif name == "httpx-sync":
+        cls = httpx.Client
+    else:
+        raise ValueError(name)
+    client = cls(limits=httpx.Limits(max_connections=MAX_CONNECTIONS))
+
+    def get(url: str) -> str | None:
+        resp = client.get(url)
+        return None if resp.status_code == 200 and resp.content == expected else "bad response"
+
+    return client, get
+
+
+def _run_sync_worker(spec: dict) -> dict:
+    base = spec["base_url"]
+    path, expected = BODIES[spec["body"]]
+    url = base + path
+    try:
+        client, get = _make_sync_client(spec["client"], expected)
+    except ImportError as exc:
+        return _common.import_error(exc)
+    threads = min(spec["concurrency"], SYNC_THREADS_MAX)
+    try:
+        s0 = _common.read_status(base)
+        warm = _common.drive_threads(get, url, spec["warmup"], threads, spec["warmup_seconds"])
+        s1 = _common.read_status(base)
+        srv0 = _common.cpu_seconds_of(spec.get("server_pid"))
+        with _common.measured() as m:
+            res = _common.drive_threads(get, url, spec["requests"], threads, spec["max_seconds"])
+        srv1 = _common.cpu_seconds_of(spec.get("server_pid"))
+        s2 = _common.read_status(base)
+    finally:
+        client.close()
+    return _result(spec, res, m, warm, (s0, s1, s2), (srv0, srv1), {})
+
+
 async def _run_worker(spec: dict) -> dict:
     base = spec["base_url"]
     path, expected = BODIES[spec["body"]]
@@ -166,6 +234,20 @@ async def _run_worker(spec: dict) -> dict:
         except Exception as exc:
             out["close_error"] = f"{type(exc).__name__}: {exc}"
 
+    return _result(spec, res, m, warm, (s0, s1, s2), (srv0, srv1), out)
+
+
+def _result(
+    spec: dict,
+    res: dict,
+    m: dict,
+    warm: dict,
+    status: tuple[Any, Any, Any],
+    server_cpu: tuple[float | None, float | None],
+    out: dict,
+) -> dict:
+    s0, s1, s2 = status
+    srv0, srv1 = server_cpu
     warm_conns, _ = _common.opened_between(s0, s1)
     conns, served = _common.opened_between(s1, s2)
     wall = m["wall_s"]
@@ -197,6 +279,8 @@ async def _run_worker(spec: dict) -> dict:
 
 
 def worker_main(spec: dict) -> None:
+    if spec["client"] in SYNC_CLIENTS:
+        _common.emit(_run_sync_worker(spec))
     if spec["client"].endswith("-uvloop"):
         try:
             import uvloop
@@ -268,6 +352,8 @@ def build_report(data: dict) -> tuple[str, list[str], list[str]]:
         ("exclient-uvloop", "aiohttp-uvloop"),
         ("exclient", "raw"),
         ("exclient-uvloop", "raw-uvloop"),
+        ("exsyncclient", "requests"),
+        ("exsyncclient", "httpx-sync"),
     ]
     for ours, other in pairs:
         if ours in cfg["clients"] and other in cfg["clients"]:
@@ -304,6 +390,8 @@ def render_markdown(data: dict) -> str:
         "uvloop rows run the same client on uvloop's event loop; the raw asyncio rows are a "
         "hand-written keep-alive GET on asyncio streams (no pool logic, no response object): "
         "the practical limit of a client on that loop. "
+        f"The (threads) rows are sync clients: min(c, {SYNC_THREADS_MAX}) threads sharing "
+        "one client (requests: one blocking pool of the same size). "
         "Peak RSS = the run's interpreter (import, client, run). "
         "CPU = client process user+sys over the measured part. "
         "Connections = TCP connections nginx accepted from the client (stub_status).",
@@ -321,7 +409,8 @@ INTRO = """\
 
 ExClient against `httpx.AsyncClient` (the reference it replaces) and
 `aiohttp.ClientSession`, on asyncio's default loop and on uvloop, beside a hand-written raw
-asyncio client (the practical limit), all sending `GET /4k` (a 4,096-byte body; `--body ok`
+asyncio client (the practical limit), and the sync clients (ExSyncClient, `httpx.Client`,
+`requests.Session`) from threads, all sending `GET /4k` (a 4,096-byte body; `--body ok`
 for 2 bytes) to a private nginx on 127.0.0.1 (one worker, keep-alive never expires during a
 run).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import inspect
 import logging
 import socket
 import threading
@@ -1346,3 +1347,36 @@ def test_http11_parse_same_however_split(response: tuple[bytes, Any], data: st.D
     assert (_exchange([raw])) == expected
     # One byte at a time: every possible split at once.
     assert (_exchange([raw[i : i + 1] for i in range(len(raw))])) == expected
+
+
+def _sent(value: Any) -> Any:
+    # The coroutine of an in-memory exchange driven to its end (in the generated sync tests
+    # the call has already returned its value).
+    return _run(value) if inspect.iscoroutine(value) else value
+
+
+def _exchange_post(
+    stream: _SegmentStream, connection: HTTP11Connection, length: int, body: list[bytes]
+) -> int:
+    headers = [(b"Host", b"example.com"), (b"Content-Length", b"%d" % length)]
+    head = connection.send(b"POST", b"/", headers, body, {})
+    return head.status
+
+
+def test_http11_small_body_in_memory_goes_out_with_the_head_in_one_write() -> None:
+    # One write: one syscall, and no small segment left waiting on the peer's delayed ACK.
+    stream = _SegmentStream([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    connection = HTTP11Connection(httpcore.Origin(b"http", b"example.com", 80), stream)
+    assert _sent(_exchange_post(stream, connection, 4, [b"ab", b"cd"])) == 200
+    assert stream.written == [
+        b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\n\r\nabcd"
+    ]
+
+
+def test_http11_in_memory_body_of_another_length_is_refused_unsent() -> None:
+    stream = _SegmentStream([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    connection = HTTP11Connection(httpcore.Origin(b"http", b"example.com", 80), stream)
+    with pytest.raises(httpcore.LocalProtocolError):
+        _sent(_exchange_post(stream, connection, 5, [b"ab", b"cd"]))
+    assert stream.written == []
+    assert not connection.is_idle()  # mid-request: the pool closes it

@@ -92,6 +92,8 @@ def _can_resend(request: httpx2.Request) -> bool:
 # them again (five URL properties and an Origin per request). Keyed by id(); the entry keeps
 # its URL alive, so no other object can take that id while it is cached. Emptied when full.
 _Route = tuple[httpx2.URL, bytes, int, httpcore2.Origin, bytes]
+#: httpx2.Headers._list: (name as given, lowercased name, value).
+_HeaderList = list[tuple[bytes, bytes, bytes]]
 _ROUTES_MAX = 256
 _METHODS = {m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")}
 
@@ -393,6 +395,8 @@ class ExTransport(httpx2.AsyncBaseTransport):
         self._backends = AsyncBackends()
         self._mock_pool: httpcore2.AsyncConnectionPool | None = None
         self._routes: dict[int, _Route] = {}
+        # The last request's headers as httpx2 keeps them (a copy) and as (name, value) pairs.
+        self._last_headers: tuple[_HeaderList, list[tuple[bytes, bytes]]] | None = None
 
         self._proxy: httpx2.Proxy | None = None
         self._socks = False
@@ -517,7 +521,16 @@ class ExTransport(httpx2.AsyncBaseTransport):
         timeout = extensions.get("timeout")
         pool_timeout = timeout.get("pool") if timeout else None
 
-        headers = request.headers.raw
+        # request.headers.raw builds a new list of pairs on each access; a client sends the
+        # same headers request after request, so the pairs made for the last one are reused
+        # when its headers are equal. (Nothing downstream changes the list it is given.)
+        header_list = request.headers._list
+        last_headers = self._last_headers
+        if last_headers is not None and last_headers[0] == header_list:
+            headers = last_headers[1]
+        else:
+            headers = [(key, value) for key, _, value in header_list]
+            self._last_headers = (list(header_list), headers)
         forward = proxy_auth is not None and scheme not in _TLS_SCHEMES
         if forward:
             # Forward proxying: absolute-form target on a connection to the proxy.
