@@ -67,6 +67,8 @@ COLOURS = {
     "aiohttp": "#009E73",
     "aiohttp-ntlm": "#009E73",
     "requests-ntlm": "#CC79A7",
+    "httpx-sync": "#0072B2",
+    "requests": "#CC79A7",
 }
 MARKERS = {"exclient": "o", "httpx": "s", "aiohttp": "^"}
 FAILED = "black"
@@ -164,7 +166,14 @@ def draw_plain(data: dict) -> Figure:
             color=COLOURS[name],
             marker=MARKERS.get(name.removesuffix("-uvloop"), "o"),
             # uvloop: the same library's colour, dashed; the raw reference: dotted.
-            linestyle=":" if name.startswith("raw") else "--" if name.endswith("uvloop") else "-",
+            # The sync clients (threads): dash-dot, in their library's colour.
+            linestyle=":"
+            if name.startswith("raw")
+            else "--"
+            if name.endswith("uvloop")
+            else "-."
+            if name in plain.SYNC_CLIENTS
+            else "-",
             linewidth=2.6 if name == "exclient" else 1.6,
             markersize=7 if name == "exclient" else 5,
             label=label,

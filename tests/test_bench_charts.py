@@ -250,3 +250,9 @@ def test_charts_garbled_results_file_is_a_clear_error(
     assert draw(charts, results, tmp_path / "img", "plain") == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "img" / "bench-plain.png").exists()
+
+
+def test_charts_has_a_colour_for_every_client_the_suites_measure(charts: ModuleType) -> None:
+    # A client without one stops bench/run at its charts, after the whole measured run.
+    suites = set(charts.plain.CLIENTS) | set(charts.ntlm.CLIENTS)
+    assert sorted(suites - set(charts.COLOURS)) == []
