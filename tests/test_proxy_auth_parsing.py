@@ -21,6 +21,15 @@ def test_proxy_auth_parse_challenges_keeps_parameters_with_their_scheme() -> Non
     }
 
 
+def test_proxy_auth_parse_challenges_commas_in_quoted_strings_split_nothing() -> None:
+    # An escaped quote does not end the string; the comma after it is still inside.
+    value = b'Digest realm="A 5\\" disk, East", nonce="n", qop="auth", NTLM'
+    assert parse_challenges([(b"Proxy-Authenticate", value)]) == {
+        "digest": 'Digest realm="A 5\\" disk, East", nonce="n", qop="auth"',
+        "ntlm": "NTLM",
+    }
+
+
 def test_proxy_auth_malformed_challenge_token_is_no_token() -> None:
     assert _token("NTLM TlRMTVNTUAACAAAA") == b"NTLMSSP\x00\x02\x00\x00\x00"
     assert _token("NTLM not*base64") is None  # treated as a rejection, not a crash

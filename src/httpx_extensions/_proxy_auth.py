@@ -207,7 +207,8 @@ def parse_challenges(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
     The text is the whole challenge (``Digest realm=..., nonce=...``), or ``NTLM <token>``.
     Parameters of Basic and Digest hold commas, so a part only starts a new challenge when
-    its first word is not a ``name=value`` parameter.
+    its first word is not a ``name=value`` parameter; commas inside a quoted string
+    (``realm="Example, Inc."``) split nothing.
     """
     found: dict[str, str] = {}
     for key, raw in headers:
@@ -215,7 +216,7 @@ def parse_challenges(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
             continue
         value = raw.decode("latin-1")
         current: str | None = None
-        for part in value.split(","):
+        for part in _split_outside_quotes(value):
             stripped = part.strip()
             first = stripped.split(" ", 1)[0]
             if stripped and "=" not in first:
@@ -224,6 +225,25 @@ def parse_challenges(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
             elif current is not None and stripped:
                 found[current] = found[current] + ", " + stripped
     return found
+
+
+def _split_outside_quotes(value: str) -> list[str]:
+    """``value`` split at the commas that are not inside a quoted string (RFC 9110 5.6.4)."""
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append(value[start:i])
+            start = i + 1
+    parts.append(value[start:])
+    return parts
 
 
 def _token(challenge: str | None) -> bytes | None:

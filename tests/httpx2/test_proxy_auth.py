@@ -332,6 +332,18 @@ async def test_proxy_basic_goes_with_every_request_and_digest_answers_challenges
             assert legs(proxy) == [(1, "GET", 407, "Digest"), (1, "GET", 200, "Digest")]
 
 
+async def test_proxy_digest_realm_with_a_comma_is_one_parameter(
+    user_file: Path, origin: LoopbackServer
+) -> None:
+    # RFC 9110 5.6.4: a comma inside a quoted string splits nothing. Split there, Digest hashed
+    # a realm cut short ("Example) and every request through the proxy was refused.
+    with AuthProxy(user_file=user_file, schemes=("Digest",), realm="Example, Inc.") as proxy:
+        async with ExClient(proxy=proxy.url, proxy_auth=httpx2.DigestAuth(*ALICE)) as client:
+            assert (await client.get(origin.url + "/")).status_code == 200
+        assert [r.status for r in proxy.log] == [407, 200]
+        assert {r.user for r in proxy.log if r.status == 200} == {"EXAMPLE\\alice"}
+
+
 # -- URL credentials and the environment -----------------------------------------------------
 
 
