@@ -8,6 +8,7 @@ a connect that times out, and the shared deadline timer with waits that ended be
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 import struct
@@ -162,4 +163,33 @@ async def test_network_tls_read_after_reset_raises_read_error(
         _reset(writer)
         with pytest.raises(httpcore.ReadError):
             await stream.read(100)
+        await stream.aclose()
+
+
+async def test_network_tls_bytes_left_after_a_write_error_are_not_read_as_plaintext(
+    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    # After a failed write, plain TCP reads what the kernel still holds (the server's early
+    # answer). Under TLS those bytes are records only the TLS layer can decrypt: read raw, they
+    # would be handed to the HTTP parser as the response.
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    p = Peer()
+    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
+    async with server:
+        plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
+        stream = await plain.start_tls(client_ssl_context, server_hostname="127.0.0.1")
+        _, writer = await p.accepted.get()
+        protocol = stream._protocol  # type: ignore[attr-defined]
+        sock = stream.get_extra_info("socket")
+        # The server's answer reaches the kernel; the loop gets no turn to read it.
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        readable, _, _ = select.select([sock], [], [], 5)
+        assert readable == [sock]
+        before = bytes(protocol.buffer)
+        protocol._read_what_is_left()
+        assert bytes(protocol.buffer) == before
+        # The TLS layer still decrypts the answer.
+        assert (await stream.read(100)).startswith(b"HTTP/1.1 401")
+        writer.close()
         await stream.aclose()

@@ -166,9 +166,11 @@ class _Protocol(asyncio.BufferedProtocol):
         # without reading the body). asyncio closes the socket after this call although the
         # kernel may still hold the server's answer: read it while the socket is open, so
         # the answer is returned rather than the write error. Plain TCP only: under TLS the
-        # bytes would need decrypting.
+        # bytes are records to decrypt. start_tls() does not call connection_made again, so
+        # self.transport stays the socket's transport, now feeding asyncio's TLS protocol:
+        # that, not an ssl_object (which only the TLS transport has), tells TLS apart.
         transport = self.transport
-        if transport is None or transport.get_extra_info("ssl_object") is not None:
+        if transport is None or transport.get_protocol() is not self:
             return
         sock = transport.get_extra_info("socket")
         if sock is None:
