@@ -193,3 +193,61 @@ async def test_network_tls_bytes_left_after_a_write_error_are_not_read_as_plaint
         assert (await stream.read(100)).startswith(b"HTTP/1.1 401")
         writer.close()
         await stream.aclose()
+
+
+async def _interleaved_reads(
+    streams: list[httpcore.AsyncNetworkStream], writers: list[asyncio.StreamWriter]
+) -> None:
+    # Every peer sends its own bytes in pieces, all at once, so the loop fills the shared
+    # receive buffer for one connection after another: each must still read its own bytes.
+    payloads = [bytes([65 + i]) * 150_000 for i in range(len(streams))]
+
+    async def send(writer: asyncio.StreamWriter, payload: bytes) -> None:
+        for start in range(0, len(payload), 7_000):
+            writer.write(payload[start : start + 7_000])
+            await writer.drain()
+            await asyncio.sleep(0)  # a turn for the other peers: their pieces interleave
+        writer.close()
+
+    async def receive(stream: httpcore.AsyncNetworkStream) -> bytes:
+        got = bytearray()
+        while chunk := await stream.read(65_536):
+            got += chunk
+        return bytes(got)
+
+    senders = [asyncio.ensure_future(send(w, p)) for w, p in zip(writers, payloads, strict=True)]
+    received = await asyncio.gather(*(receive(s) for s in streams))
+    await asyncio.gather(*senders)
+    assert received == payloads
+    for stream in streams:
+        await stream.aclose()
+
+
+async def test_network_connections_of_a_loop_share_one_receive_buffer(peer: Peer) -> None:
+    # An idle connection holds no receive buffer of its own (bench/scale.py's bytes per idle
+    # connection): the loop's connections share one, and each still reads only its own bytes.
+    streams = [await AsyncioBackend().connect_tcp("127.0.0.1", peer.port) for _ in range(8)]
+    writers = [(await peer.accepted.get())[1] for _ in streams]
+    for stream, writer in zip(streams, writers, strict=True):
+        writer.write(b"x")
+        assert await stream.read(10) == b"x"
+    buffers = {id(stream._protocol._receive) for stream in streams}  # type: ignore[attr-defined]
+    assert len(buffers) == 1
+    await _interleaved_reads(streams, writers)
+
+
+async def test_network_tls_connections_sharing_the_receive_buffer_read_their_own_bytes(
+    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    p = Peer()
+    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        streams = []
+        for _ in range(6):
+            plain = await AsyncioBackend().connect_tcp("127.0.0.1", port)
+            streams.append(await plain.start_tls(client_ssl_context, server_hostname="127.0.0.1"))
+        writers = [(await p.accepted.get())[1] for _ in streams]
+        await _interleaved_reads(streams, writers)

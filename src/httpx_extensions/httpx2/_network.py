@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,8 +38,15 @@ __all__ = ["AsyncioBackend", "Deadlines"]
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
 # What one socket read receives at most: httpcore2's own read size (READ_NUM_BYTES), so a read
-# httpcore2 asks for is one system call; one buffer of this size per connection.
+# httpcore2 asks for is one system call.
 _RECEIVE_SIZE = 1 << 16
+# One receive buffer per thread, shared by every connection of the event loop running there:
+# an idle connection then holds no 64 KiB of its own (bench/scale.py's bytes per idle
+# connection). Sharing is safe because every loop fills it and calls buffer_updated() in one
+# callback, with no other protocol's get_buffer() between (the selector loop, uvloop, the
+# TLS protocol, and the proactor loop, which reads into a buffer of its own and copies), and
+# buffer_updated() copies what arrived out before it returns.
+_receive_buffers = threading.local()
 
 
 class Deadlines:
@@ -109,7 +117,7 @@ class _Protocol(asyncio.BufferedProtocol):
         # the only one (the common case: one response head and body per read), so that
         # neither buffering nor reading it copies it; a bytearray once more are appended.
         self.buffer: bytes | bytearray = b""
-        # Where the loop receives (get_buffer); made on the first read.
+        # Where the loop receives (get_buffer): this thread's shared buffer, from the first read.
         self._receive: memoryview | None = None
         self.eof = False
         self.error: BaseException | None = None
@@ -126,7 +134,10 @@ class _Protocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         receive = self._receive
         if receive is None:
-            self._receive = receive = memoryview(bytearray(_RECEIVE_SIZE))
+            receive = getattr(_receive_buffers, "buffer", None)
+            if receive is None:
+                _receive_buffers.buffer = receive = memoryview(bytearray(_RECEIVE_SIZE))
+            self._receive = receive
         return receive
 
     def buffer_updated(self, nbytes: int) -> None:
