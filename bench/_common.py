@@ -605,6 +605,35 @@ def best_run(runs: list[dict]) -> dict | None:
 # --------------------------------------------------------------------------- reports
 
 
+def median_rate(runs: list[dict]) -> float | None:
+    """The median successful req/s over a cell's runs (the middle of three), or None."""
+    rates = sorted(r["req_per_s"] for r in runs if "req_per_s" in r)
+    if not rates:
+        return None
+    mid = len(rates) // 2
+    return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+
+
+def spread_line(label: str, cells: list[tuple[str, list[dict], list[dict]]]) -> str:
+    """``label: where: ratio of medians (ours slowest-fastest / theirs slowest-fastest)`` for
+    cells of ``(where, our runs, their runs)``: the figure that one lucky run does not move."""
+    parts = []
+    for where, ours, theirs in cells:
+        a, b = median_rate(ours), median_rate(theirs)
+        if a is None or b is None:
+            parts.append(f"{where}: n/a")
+            continue
+        ra = [r["req_per_s"] for r in ours if "req_per_s" in r]
+        rb = [r["req_per_s"] for r in theirs if "req_per_s" in r]
+        parts.append(
+            f"{where}: {fmt_ratio(a, b)} ({fmt_int(min(ra))}-{fmt_int(max(ra))} / "
+            f"{fmt_int(min(rb))}-{fmt_int(max(rb))})"
+        )
+    return f"- {label}, median of each cell's runs (slowest-fastest run, ours / theirs) — " + (
+        ", ".join(parts)
+    )
+
+
 def fmt_int(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 

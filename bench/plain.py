@@ -359,6 +359,27 @@ def build_report(data: dict) -> tuple[str, list[str], list[str]]:
         if ours in cfg["clients"] and other in cfg["clients"]:
             parts = ", ".join(f"c={c:,}: {fmt_ratio(rate(ours, c), rate(other, c))}" for c in cs)
             ratios.append(f"- {CLIENTS[ours]} / {CLIENTS[other]} req/s — {parts}")
+    # The best-of-N ratios above beside the medians and spread that the targets are
+    # judged on: ExClient against aiohttp on both loops, and the sync clients.
+    for ours, other in [
+        ("exclient", "aiohttp"),
+        ("exclient-uvloop", "aiohttp-uvloop"),
+        ("exsyncclient", "requests"),
+    ]:
+        if ours in cfg["clients"] and other in cfg["clients"]:
+            ratios.append(
+                _common.spread_line(
+                    f"{CLIENTS[ours]} / {CLIENTS[other]}",
+                    [
+                        (
+                            f"c={c:,}",
+                            (cells.get((ours, c)) or {}).get("runs") or [],
+                            (cells.get((other, c)) or {}).get("runs") or [],
+                        )
+                        for c in cs
+                    ],
+                )
+            )
     if 100 in cs and 1000 in cs:
         for name in cfg["clients"]:
             hi, lo = rate(name, 1000), rate(name, 100)

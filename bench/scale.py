@@ -165,7 +165,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=500, help="idle connections (500)")
     p.add_argument("--repeat", type=int, default=3, help="rate runs per cell, best kept (3)")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
+    p.add_argument("--check-args", action="store_true", help="check the options and exit")
     args = p.parse_args(argv)
+    if args.check_args:
+        return 0
     clients = [c for c in args.clients.split(",") if c]
     server = _common.Nginx()
     cfg = {"clients": clients, "connections": args.connections, "repeat": args.repeat}
