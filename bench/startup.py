@@ -282,9 +282,11 @@ INTRO = """\
 What `import httpx_extensions` costs beside `import httpx` and `import aiohttp`, in import
 time and peak memory, and how long `httpx-extensions --help` takes. Each figure is a fresh
 interpreter; the rows take turns, so noise hits them alike. pyspnego and its crypto stack
-come only with the auth classes (the `NTLMAuth` row). What is left above `import httpx` is
-httpcore (with trio, when trio is installed) and asyncio, which the pool and transport
-modules import at module level; httpx itself imports httpcore only when a client is made.
+come only with the auth classes (the `NTLMAuth` row). The package's names are imported on
+first use, so `import httpx_extensions` alone is cheap; `from httpx_extensions import
+ExClient` brings httpx, httpcore (with trio, when trio is installed) and asyncio, which the
+pool and transport modules import at module level; httpx itself imports httpcore only when a
+client is made.
 
 ```sh
 bench/run --only startup        # or: .venv/bin/python bench/startup.py
