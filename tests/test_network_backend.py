@@ -60,6 +60,26 @@ async def peer() -> AsyncIterator[Peer]:
             writer.close()
 
 
+@pytest.fixture
+async def tls_peer(ca: trustme.CA) -> AsyncIterator[Peer]:
+    """A Peer that speaks TLS with a certificate for 127.0.0.1 from the suite's CA."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    p = Peer()
+    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
+    p.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield p
+        while not p.accepted.empty():
+            _, writer = p.accepted.get_nowait()
+            writer.close()
+
+
+async def _tls_stream(peer: Peer, context: ssl.SSLContext) -> httpcore.AsyncNetworkStream:
+    plain = await AsyncioBackend().connect_tcp("127.0.0.1", peer.port)
+    return await plain.start_tls(context, server_hostname="127.0.0.1")
+
+
 async def test_network_read_after_reset_raises_read_error(peer: Peer) -> None:
     stream = await AsyncioBackend().connect_tcp("127.0.0.1", peer.port)
     _, writer = await peer.accepted.get()
@@ -148,51 +168,39 @@ async def test_network_deadlines_skip_ended_waits_and_keep_later_ones() -> None:
 
 
 async def test_network_tls_read_after_reset_raises_read_error(
-    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+    tls_peer: Peer, client_ssl_context: ssl.SSLContext
 ) -> None:
     # Under TLS what the kernel still holds after a reset cannot be decrypted and is left.
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    p = Peer()
-    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
-    async with server:
-        plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
-        stream = await plain.start_tls(client_ssl_context, server_hostname="127.0.0.1")
-        _, writer = await p.accepted.get()
-        assert stream.get_extra_info("ssl_object") is not None
-        _reset(writer)
-        with pytest.raises(httpcore.ReadError):
-            await stream.read(100)
-        await stream.aclose()
+    stream = await _tls_stream(tls_peer, client_ssl_context)
+    _, writer = await tls_peer.accepted.get()
+    assert stream.get_extra_info("ssl_object") is not None
+    _reset(writer)
+    with pytest.raises(httpcore.ReadError):
+        await stream.read(100)
+    await stream.aclose()
 
 
 async def test_network_tls_bytes_left_after_a_write_error_are_not_read_as_plaintext(
-    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+    tls_peer: Peer, client_ssl_context: ssl.SSLContext
 ) -> None:
     # After a failed write, plain TCP reads what the kernel still holds (the server's early
     # answer). Under TLS those bytes are records only the TLS layer can decrypt: read raw, they
     # would be handed to the HTTP parser as the response.
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    p = Peer()
-    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
-    async with server:
-        plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
-        stream = await plain.start_tls(client_ssl_context, server_hostname="127.0.0.1")
-        _, writer = await p.accepted.get()
-        protocol = stream._protocol  # type: ignore[attr-defined]
-        sock = stream.get_extra_info("socket")
-        # The server's answer reaches the kernel; the loop gets no turn to read it.
-        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
-        readable, _, _ = select.select([sock], [], [], 5)
-        assert readable == [sock]
-        before = bytes(protocol.buffer)
-        protocol._read_what_is_left()
-        assert bytes(protocol.buffer) == before
-        # The TLS layer still decrypts the answer.
-        assert (await stream.read(100)).startswith(b"HTTP/1.1 401")
-        writer.close()
-        await stream.aclose()
+    stream = await _tls_stream(tls_peer, client_ssl_context)
+    _, writer = await tls_peer.accepted.get()
+    protocol = stream._protocol  # type: ignore[attr-defined]
+    sock = stream.get_extra_info("socket")
+    # The server's answer reaches the kernel; the loop gets no turn to read it.
+    writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+    readable, _, _ = select.select([sock], [], [], 5)
+    assert readable == [sock]
+    before = bytes(protocol.buffer)
+    protocol._read_what_is_left()
+    assert bytes(protocol.buffer) == before
+    # The TLS layer still decrypts the answer.
+    assert (await stream.read(100)).startswith(b"HTTP/1.1 401")
+    writer.close()
+    await stream.aclose()
 
 
 async def _interleaved_reads(
@@ -237,17 +245,8 @@ async def test_network_connections_of_a_loop_share_one_receive_buffer(peer: Peer
 
 
 async def test_network_tls_connections_sharing_the_receive_buffer_read_their_own_bytes(
-    ca: trustme.CA, client_ssl_context: ssl.SSLContext
+    tls_peer: Peer, client_ssl_context: ssl.SSLContext
 ) -> None:
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    p = Peer()
-    server = await asyncio.start_server(p._accept, "127.0.0.1", 0, ssl=server_context)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        streams = []
-        for _ in range(6):
-            plain = await AsyncioBackend().connect_tcp("127.0.0.1", port)
-            streams.append(await plain.start_tls(client_ssl_context, server_hostname="127.0.0.1"))
-        writers = [(await p.accepted.get())[1] for _ in streams]
-        await _interleaved_reads(streams, writers)
+    streams = [await _tls_stream(tls_peer, client_ssl_context) for _ in range(6)]
+    writers = [(await tls_peer.accepted.get())[1] for _ in streams]
+    await _interleaved_reads(streams, writers)
