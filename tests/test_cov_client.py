@@ -2,22 +2,27 @@
 
 A per-request ``follow_redirects=`` on the fast path, a second jar taking a pooled response's
 cookies, the transport inside a stock ``httpx.AsyncClient``, ``socket_options=`` and ``uds=``,
-and a response stream closed twice.
+a response stream closed twice, errors raised by a trace callback or by a stream a response
+hook put in place, headers a hook replaced, and an httpcore error from a mocked httpcore.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import re
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpcore
 import httpx
 import pytest
 
 from httpx_extensions import CONN_ID, ExClient, ExTransport
+from httpx_extensions._flavour import SYNC_STREAM_REFUSED
 
 from .conftest import assert_pool_clean
 from .servers import LoopbackServer
@@ -208,3 +213,113 @@ async def test_cov_transport_uds_connects_to_the_unix_socket(
         assert_pool_clean(client)
     assert server.accepted == 1
     assert all(b"\r\nHost: example.invalid" in head for head in server.heads)
+
+
+async def test_cov_transport_trace_callback_error_reaches_the_caller(
+    server: LoopbackServer,
+) -> None:
+    class TraceFailed(Exception):
+        pass
+
+    async def trace(name: str, info: dict[str, object]) -> None:
+        if name == "http11.receive_response_body.started":
+            raise TraceFailed(name)
+
+    async with ExClient() as client:
+        url = server.url + "/stream?chunks=2&size=10"
+        async with client.stream("GET", url, extensions={"trace": trace}) as response:
+            assert response.status_code == 200
+            # The application's own error, as raised: not mapped to an httpx error.
+            with pytest.raises(TraceFailed, match="receive_response_body"):
+                await response.aread()
+        assert_pool_clean(client)
+        assert client.connections == []  # left mid-body: closed, not reused
+        again = await client.get(server.url + "/")
+        assert conn_seq(again) == 2
+
+
+class _CloseFails(httpx.AsyncByteStream):
+    """What a response hook may put around the stream: its close fails after the real one."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        raise httpx.ReadError("close failed")
+
+
+async def test_cov_transport_error_closing_a_hook_wrapped_stream_names_the_request(
+    server: LoopbackServer,
+) -> None:
+    async def wrap(response: httpx.Response) -> None:
+        if response.request.url.path == "/":
+            response.stream = _CloseFails(response.stream)  # type: ignore[arg-type]
+
+    async with ExClient(event_hooks={"response": [wrap]}) as client:
+        # Closed unread (a streamed response left early): aclose() is called directly, with no
+        # httpx context around it to attach the request, so ExClient's own aclose() does.
+        with pytest.raises(httpx.ReadError, match="close failed") as caught:
+            async with client.stream("GET", server.url + "/") as response:
+                assert response.status_code == 200
+        assert caught.value.request is response.request
+        assert_pool_clean(client)
+        assert (await client.get(server.url + "/echo")).status_code == 200
+
+
+async def test_cov_transport_sync_stream_put_by_a_hook_is_refused_on_close(
+    server: LoopbackServer,
+) -> None:
+    async def make_sync(response: httpx.Response) -> None:
+        await response.aclose()
+        response.stream = httpx.SyncByteStream()
+        response.is_closed = False
+
+    async with ExClient(event_hooks={"response": [make_sync]}) as client:
+        with pytest.raises(RuntimeError, match=re.escape(SYNC_STREAM_REFUSED)):
+            await client.get(server.url + "/")
+        assert_pool_clean(client)
+
+
+class _MyHeaders(httpx.Headers):
+    """Headers a response hook put in place of httpx's own."""
+
+
+async def test_cov_transport_hook_replaced_headers_still_decide_the_decoding() -> None:
+    body = gzip.compress(b"hello, gzip")
+    scripted = ScriptedServer(reply(body, headers=[b"Content-Encoding: gzip"])).start()
+
+    async def replace_headers(response: httpx.Response) -> None:
+        response.headers = _MyHeaders(response.headers)
+
+    try:
+        async with ExClient(event_hooks={"response": [replace_headers]}) as client:
+            response = await client.get(scripted.url)
+            assert type(response.headers) is _MyHeaders
+            assert response.content == b"hello, gzip"  # decoded, not the raw gzip bytes
+            assert response.num_bytes_downloaded == len(body)
+            assert_pool_clean(client)
+    finally:
+        scripted.stop()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cov_transport_httpcore_error_of_a_mocked_httpcore_is_mapped(
+    server: LoopbackServer,
+) -> None:
+    import respx
+
+    async with ExClient() as client:
+        with respx.mock() as router:
+            router.get("http://respx.test/slow").mock(side_effect=httpcore.ReadTimeout("slow"))
+            request = client.build_request("GET", "http://respx.test/slow")
+            with pytest.raises(httpx.ReadTimeout, match="slow") as caught:
+                await client.send(request)
+            assert isinstance(caught.value.__cause__, httpcore.ReadTimeout)
+            assert caught.value.request is request
+        assert (await client.get(server.url + "/")).status_code == 200
+        assert_pool_clean(client)
