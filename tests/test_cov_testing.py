@@ -10,17 +10,22 @@ servers' argument checks and start-up failures say what is wrong.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import ssl
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import h11
+import httpx
 import pytest
 
-from httpx_extensions.testing import AuthProxy, write_user_file
+from httpx_extensions.testing import AuthProxy, IISLikeServer, write_user_file
 
 from .servers import LoopbackServer
 from .test_http11 import CLOSE, ScriptedServer, reply
+from .test_ntlm_server import auth_header, initiator
 from .test_proxy_server import ALICE, REALM, USERS, Conn, basic, header, ntlm_handshake
 
 
@@ -268,3 +273,124 @@ def test_cov_proxy_origin_closing_mid_body_cuts_the_clients_copy(
         assert body == b"abc"  # then closed, 7 bytes short, as the origin did
     finally:
         scripted.stop()
+
+
+# -- IISLikeServer
+
+
+@pytest.fixture
+def iis(user_file: Path) -> Iterator[IISLikeServer]:
+    with IISLikeServer(user_file=user_file) as running:
+        yield running
+    assert running.errors == []
+
+
+def _type3_shaped(nt_length: int, total: int) -> bytes:
+    """An NTLM AUTHENTICATE message's start: signature, type 3, LM fields, NT fields."""
+    head = b"NTLMSSP\0" + struct.pack("<I", 3) + b"\0" * 8
+    head += struct.pack("<HHI", nt_length, nt_length, 64)
+    return head.ljust(total, b"\0")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(b"NTLMSSP\0" + struct.pack("<I", 3) + b"\0" * 4, id="cut-before-nt-fields"),
+        pytest.param(_type3_shaped(0, 88), id="empty-nt-response"),
+    ],
+)
+def test_cov_iis_malformed_type3_is_a_401_not_a_server_error(
+    iis: IISLikeServer, message: bytes
+) -> None:
+    with httpx.Client() as client:
+        context = initiator(*ALICE)
+        leg1 = client.get(iis.url, headers=auth_header("NTLM", context.step()))
+        assert leg1.status_code == 401
+        leg2 = client.get(iis.url, headers=auth_header("NTLM", message))
+        assert leg2.status_code == 401
+        assert leg2.headers.get_list("www-authenticate") == ["Negotiate", "NTLM"]
+    assert iis.log[-1].ntlm_message == 3
+    assert iis.log[-1].channel_binding == "none"  # no binding could be read from it
+    assert iis.log[-1].error
+    assert iis.handshakes_completed == 0
+
+
+def test_cov_iis_head_gets_the_head_only(iis: IISLikeServer) -> None:
+    with httpx.Client() as client:
+        head = client.head(iis.url)
+        assert head.status_code == 401
+        assert int(head.headers["content-length"]) > 0  # what a GET would get
+        assert head.content == b""
+        # Nothing but the head went out: the connection's next response parses.
+        assert client.get(iis.url).status_code == 401
+    assert iis.connections_opened == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"final_token": "sometimes"}, "final_token must be one of", id="final"),
+        pytest.param({"affinity_cookie": "a=b"}, "is not a plain cookie name", id="cookie"),
+    ],
+)
+def test_cov_iis_bad_arguments_are_value_errors(
+    user_file: Path, kwargs: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        IISLikeServer(user_file=user_file, **kwargs)  # type: ignore[arg-type]
+
+
+def test_cov_iis_ssl_context_without_a_certificate_is_a_value_error(user_file: Path) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # no chain loaded
+    with pytest.raises(ValueError, match="is its certificate chain loaded") as info:
+        IISLikeServer(user_file=user_file, ssl_context=context)
+    assert isinstance(info.value.__cause__, ssl.SSLError)
+
+
+def test_cov_iis_failed_start_gives_back_the_user_file_variable(
+    user_file: Path, tmp_path: Path
+) -> None:
+    # ::2 is no address of this machine: the listener cannot be opened (nothing is sent).
+    server = IISLikeServer(user_file=user_file, host="::2")
+    with pytest.raises(RuntimeError, match="loopback server failed to start") as info:
+        server.start()
+    assert isinstance(info.value.__cause__, OSError)
+    assert "NTLM_USER_FILE" not in os.environ or os.environ["NTLM_USER_FILE"] != str(user_file)
+    # Released: a server with another user file may start (the variable is process-wide).
+    other = write_user_file(tmp_path / "other.txt", USERS[1:2])
+    with IISLikeServer(user_file=other) as running, httpx.Client() as client:
+        assert client.get(running.url).status_code == 401
+
+
+# -- the loopback base (KeepAliveServer)
+
+
+def test_cov_loopback_status_without_a_standard_reason_has_an_empty_one(
+    origin: LoopbackServer,
+) -> None:
+    with socket.create_connection((origin.host, origin.port), timeout=10) as sock:
+        sock.sendall(b"GET /status/599 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    assert received.startswith(b"HTTP/1.1 599 \r\n")
+
+
+def test_cov_loopback_expect_100_continue_gets_100_before_the_body(
+    origin: LoopbackServer,
+) -> None:
+    with socket.create_connection((origin.host, origin.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        interim = b""
+        while b"\r\n\r\n" not in interim:  # the server speaks first: the body is held back
+            interim += sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"hello")
+        rest = interim.partition(b"\r\n\r\n")[2]
+        while data := sock.recv(65536):
+            rest += data
+    assert rest.startswith(b"HTTP/1.1 200 ")
+    assert b'"body": "hello"' in rest
