@@ -105,3 +105,26 @@ def test_cli_docs_works_without_the_cli_extra(
     error = capsys.readouterr().err
     assert "pip install 'httpx-extensions[cli]'" in error
     assert f"The documentation is installed in {DOCS} " in error
+
+
+def test_cli_docs_titles_of_pages_without_a_heading_first_and_no_pages_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "site-packages" / "httpx_extensions"
+    (package / "docs").mkdir(parents=True)
+    (package / "docs" / "notes.md").write_text("plain text, no heading\n", encoding="utf-8")
+    (package / "docs" / "later.md").write_text(
+        "<!-- a comment -->\n\n# The title, after a preamble\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(_docs, "_PACKAGE", package)
+    # A page without a "# " heading is listed under its file name.
+    assert _docs.pages() == {"later": "The title, after a preamble", "notes": "notes"}
+    listing = CliRunner().invoke(cli, ["docs"])
+    assert listing.exit_code == 0
+    assert "  later  The title, after a preamble\n  notes  notes\n" in listing.output
+    # No pages installed: no list, and asking for a page is an error that says so.
+    monkeypatch.setattr(_docs, "_PACKAGE", tmp_path / "elsewhere" / "httpx_extensions")
+    assert _docs.pages() == {}
+    result = CliRunner().invoke(cli, ["docs", "cli"])
+    assert result.exit_code == 1
+    assert "the documentation pages are not installed" in result.output

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from httpx_extensions._cli._probe import Leg, ProbeReport, ProxyReport, _proxy_persistence, render
+import httpx
+
+from httpx_extensions._cli._probe import (
+    Leg,
+    ProbeReport,
+    ProbeSettings,
+    ProxyReport,
+    _channel_binding_detail,
+    _failure,
+    _proxy_persistence,
+    _read_proxy_trace,
+    render,
+)
 
 
 def _leg(status: int, scheme: str | None = None, sent: int = 0) -> Leg:
@@ -67,3 +79,55 @@ def test_cli_probe_render_handshake_without_mechanism_or_anonymous_request() -> 
     assert "  mechanism        none: the handshake did not get that far" in lines
     assert not any(line.startswith(("  offered", "  why", "  SPN")) for line in lines)
     assert "  result           401 Unauthorized after 1 round trip" in lines
+
+
+def test_cli_probe_render_plain_ntlm_mechanism_is_not_said_to_be_inside_negotiate() -> None:
+    report = ProbeReport("http://a/", "alice", scheme="NTLM", mechanism="ntlm", status=200)
+    assert "  mechanism        NTLM" in render(report)
+    wrapped = ProbeReport("http://a/", "alice", scheme="Negotiate", mechanism="ntlm", status=200)
+    assert "  mechanism        NTLM inside Negotiate" in render(wrapped)
+
+
+def test_cli_probe_channel_binding_not_sent_over_https_without_a_certificate() -> None:
+    settings = ProbeSettings(
+        url="https://a/",
+        user="alice",
+        password="x",
+        password_source="option",
+        force=None,
+        spn_host=None,
+        channel_binding=True,
+        verify=True,
+        proxy=None,
+        timeout=5.0,
+    )
+    assert _channel_binding_detail(settings, False) == (
+        "not sent: the connection showed no server certificate"
+    )
+    assert _channel_binding_detail(settings, True).startswith("sent (tls-server-end-point")
+
+
+def test_cli_probe_proxy_trace_events_it_does_not_report_are_skipped() -> None:
+    proxy = ProxyReport("http://p")
+    _read_proxy_trace(
+        proxy,
+        [
+            {"event": "offered", "schemes": ["NTLM"]},
+            {"event": "rejected", "mechanism": "ntlm"},  # not part of the proxy's report
+            {"event": "done", "mechanism": "ntlm"},
+        ],
+    )
+    assert proxy.offered == ["NTLM"]
+    assert proxy.mechanism == "ntlm"
+    assert proxy.legs == []
+
+
+def test_cli_probe_failure_after_authenticating_names_the_final_answer() -> None:
+    report = ProbeReport("http://a/", "alice", scheme="NTLM", mechanism="ntlm")
+    forbidden = httpx.Response(403)
+    assert _failure(forbidden, [], report) == (
+        "authenticated, but the server refused access (403 Forbidden)"
+    )
+    assert _failure(httpx.Response(500), [], report) == (
+        "the final answer was 500 Internal Server Error"
+    )

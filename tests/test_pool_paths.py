@@ -297,6 +297,43 @@ async def test_pool_native_cancel_while_closing_an_expired_pin_leaves_the_queue(
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pool_native_cancel_while_closing_after_the_pool_closed_fails_cleanly() -> None:
+    # As above, but the client is closed while the expired pin closes: our queued request
+    # is failed (nothing handed to it), then asyncio's task.cancel() lands. It ends
+    # cancelled, with nothing to give back, and nothing stays queued.
+    closing = anyio.Event()
+    h = Harness(max_connections=2)
+    await h.acquire(A)
+    with InFlow() as flow:
+        reserved_slot = await h.pool.acquire(REQUEST, A)
+        slow = SlowClose(A, closing)
+        reserved_slot.connection = slow
+        await h.pool.release(reserved_slot)
+
+        async def wants_b() -> None:
+            token = current_flow.set(None)
+            try:
+                await h.acquire(B)
+            finally:
+                current_flow.reset(token)
+
+        waiter_b = asyncio.ensure_future(wants_b())
+        await anyio.wait_all_tasks_blocked()
+        slow.expired = True
+        task = asyncio.ensure_future(h.acquire(A, pin=reserved_slot.conn_id))
+        await closing.wait()
+        assert h.pool.waiting == 1  # the slot went to B; our request queued
+        await h.pool.aclose()  # fails both waiters while ours is still closing
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.gather(waiter_b, return_exceptions=True)  # B got the slot, or PoolClosed
+    flow.end()
+    assert h.pool.waiting == 0
+    assert h.pool.connections == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_pool_native_cancel_of_a_pinned_waiter_woken_by_its_connection_closing() -> None:
     # asyncio's own task.cancel() (asyncio.timeout, wait_for) is delivered even after the
     # waiter was woken, unlike anyio's: woken with no connection, it has nothing to give back.

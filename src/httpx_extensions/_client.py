@@ -457,8 +457,11 @@ class ExClient(httpx.AsyncClient):
                     # This response is the last of the flow: end it now, so that reading
                     # the body frees the connection at once instead of reserving it to a
                     # flow that makes no further request (the same end state, less work).
+                    # Nothing is reserved to the flow yet: its one response still holds
+                    # its connection (ACTIVE) until it is read, below. Kept for the day a
+                    # connection is released before the response is returned.
                     for _pool, conns in flow.end():
-                        await close_all(conns)
+                        await close_all(conns)  # pragma: no cover - nothing reserved yet
                 if not stream:
                     await response.aread()
             except BaseException:

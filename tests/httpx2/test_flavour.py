@@ -21,7 +21,7 @@ import pytest
 
 import httpx2
 from httpx_extensions._flavour_httpx2 import NAME, UPSTREAM_CODE, client_logger
-from httpx_extensions.httpx2 import CONN_ID, ExClient, ExTransport
+from httpx_extensions.httpx2 import CONN_ID, ExClient, ExSyncClient, ExTransport
 
 from ..servers import LoopbackServer
 
@@ -173,6 +173,31 @@ async def test_flavour_a_patched_stock_pool_is_bound_as_upstream(
                 assert await streamed.aread() == b"mocked"
             assert streamed.elapsed.total_seconds() >= 0
         assert (await client.get(server.url + "/")).extensions[CONN_ID] >= 1
+
+
+def test_flavour_a_patched_stock_sync_pool_is_bound_as_upstream(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same for ExSyncClient: a patched sync pool (respx's sync mock) is served through
+    # the stock pool, and the stream gets the sync client's wrapper, which times it.
+    def handler(self: object, request: httpcore2.Request) -> httpcore2.Response:
+        return httpcore2.Response(200, content=httpx2.ByteStream(b"mocked"))
+
+    with ExSyncClient() as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(httpcore2.ConnectionPool, "handle_request", handler)
+            response = client.get("http://mocked.test/")
+            assert response.content == b"mocked"
+            assert CONN_ID not in response.extensions
+            assert response.elapsed.total_seconds() >= 0
+            bound = import_module("httpx2._client").BoundSyncStream
+            assert type(response.stream) is bound
+            with client.stream("GET", "http://mocked.test/") as streamed:
+                with pytest.raises(RuntimeError):
+                    streamed.elapsed  # noqa: B018  (not before the response is closed)
+                assert streamed.read() == b"mocked"
+            assert streamed.elapsed.total_seconds() >= 0
+        assert client.get(server.url + "/").extensions[CONN_ID] >= 1
 
 
 async def test_flavour_query_redirected_by_302_keeps_its_method_as_upstream(

@@ -297,7 +297,9 @@ class _Response(httpx.Response):
             self.is_closed = True
             try:
                 stream.close()
-            except httpx.RequestError as exc:
+            # A body in memory: the pool's stream closes it without I/O (the release is
+            # synchronous and close_all() only logs a failing close), so nothing raises here.
+            except httpx.RequestError as exc:  # pragma: no cover - no I/O that could fail
                 with contextlib.suppress(RuntimeError):  # no request attached: leave it
                     exc.request = self.request
                 raise

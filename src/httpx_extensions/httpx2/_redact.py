@@ -34,11 +34,17 @@ class _RedactAuthHeaders(logging.Filter):
         return True
 
 
+def _is_ours(installed: object) -> bool:
+    kind = type(installed)
+    return kind.__module__ == __name__ and kind.__qualname__ == _RedactAuthHeaders.__qualname__
+
+
 def _install() -> None:
     for name in ("httpcore2.http11", "httpcore2.proxy"):
         trace_logger = logging.getLogger(name)
-        # Idempotent: a reloaded module must not stack a second filter.
-        if not any(isinstance(f, _RedactAuthHeaders) for f in trace_logger.filters):
+        # Idempotent: a reloaded module must not stack a second filter. Its class is then a
+        # new one, of which the installed filter is no instance: compare by name.
+        if not any(_is_ours(f) for f in trace_logger.filters):
             trace_logger.addFilter(_RedactAuthHeaders())
 
 
