@@ -120,7 +120,8 @@ def render(data: dict) -> str:
         _common.facts_line(data, servers=f"nginx {data['server']['nginx']}"),
         "",
         f"Idle: {data['config']['connections']} keep-alive connections opened at once, then "
-        f"idle (the client made and its modules imported before the heap is read). Queued: {QUEUED:,} requests at once through a {POOL}-connection pool. Bytes "
+        "idle (the client made and its modules imported before the heap is read). "
+        f"Queued: {QUEUED:,} requests at once through a {POOL}-connection pool. Bytes "
         "are Python heap (tracemalloc), the same 10,000 driving tasks for both clients. "
         f"Rates: best of {data['config']['repeat']}, c = concurrent requests through {POOL} "
         "connections.",
