@@ -15,6 +15,7 @@ import base64
 import contextlib
 import dataclasses
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import spnego
 
 from httpx_extensions import AuthenticationError, ExClient, ExSyncClient, NegotiateAuth, NTLMAuth
 from httpx_extensions._auth import _AUTH_TRACE
+from httpx_extensions.testing._iis import _client_channel_binding
 
 from .conftest import assert_pool_clean
 from .servers import IISLikeServer, LoopbackServer, write_user_file
@@ -68,11 +70,13 @@ class ScriptedPeer:
     request with ``answer(request, state)``, ``state`` being a dict kept per connection.
     Request bodies must have a Content-Length (what httpx sends for in-memory content)."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self._answer = answer
+        self._ssl_context = ssl_context
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.requests: list[Request] = []
         self.errors: list[BaseException] = []
         self._threads: list[threading.Thread] = []
@@ -114,6 +118,14 @@ class ScriptedPeer:
     def _serve(self, conn: socket.socket, seq: int) -> None:
         state: dict[str, Any] = {}
         buffer = b""
+        if self._ssl_context is not None:
+            try:
+                conn = self._ssl_context.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
+            with self._lock:
+                self._conns.append(conn)
         with conn:
             try:
                 while True:
@@ -482,3 +494,33 @@ async def test_auth_cov_refused_preemptive_token_starts_the_handshake_on_that_co
             assert_pool_clean(client)
     assert peer.errors == []
     assert schemes_sent(peer) == [(1, "/", "NTLM")] * 3
+
+
+# -- TLS without a server certificate --------------------------------------------------------
+
+
+async def test_auth_cov_tls_without_a_certificate_logs_on_without_channel_binding(
+    ntlm_users: Path,
+) -> None:
+    # An anonymous cipher suite (no certificate: nothing to bind to, RFC 5929 needs one):
+    # channel_binding=True then sends no binding, and the login still works.
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    for context in (server_context, client_context):
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("aNULL:@SECLEVEL=0")
+    with ScriptedPeer(ntlm_origin, ssl_context=server_context) as peer:
+        async with ExClient(verify=client_context) as client:
+            response = await client.get(peer.url + "/", auth=NTLMAuth(*ALICE))
+            assert response.status_code == 200
+            assert (
+                response.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True)
+                is None
+            )
+            assert_pool_clean(client)
+    assert peer.errors == []
+    type3 = ntlm_token(peer.requests[-1])
+    assert type3 is not None
+    assert _client_channel_binding(type3[1]) in (None, bytes(16))  # none, or "no binding"
