@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import logging
 import socket
 import ssl
 import sys
@@ -524,3 +525,18 @@ async def test_auth_cov_tls_without_a_certificate_logs_on_without_channel_bindin
     type3 = ntlm_token(peer.requests[-1])
     assert type3 is not None
     assert _client_channel_binding(type3[1]) in (None, bytes(16))  # none, or "no binding"
+
+
+# -- the redacting filter on its own ---------------------------------------------------------
+
+
+def test_auth_cov_spnego_filter_replaces_a_token_in_the_record_itself() -> None:
+    # Called directly: in a whole run the httpx2 flavour's twin filter, on the same spnego
+    # loggers and added first, redacts before this one sees the record.
+    from httpx_extensions._auth import _RedactSpnegoTokens
+
+    token = base64.b64encode(b"NTLMSSP\x00" + bytes(range(40))).decode()
+    record = logging.LogRecord("spnego._ntlm", logging.DEBUG, __file__, 1, "in: %s", (token,), None)
+    assert _RedactSpnegoTokens().filter(record) is True
+    assert (record.msg, record.args) == (f"in: <{len(token)} characters redacted>", None)
+    assert token not in record.getMessage()
