@@ -566,7 +566,9 @@ def _drain(stream: typing.Iterable[bytes], proxy: object) -> None:
                 _MAX_407_BODY,
             )
             close = getattr(stream, "close", None)
-            if close is not None:
+            # Always true: a body held in memory at once (_http11's _Once) is at most one
+            # 64 KiB read past the head, far under _MAX_407_BODY; longer ones are generators.
+            if close is not None:  # pragma: no branch - see above
                 close()  # the body generator ends here, not when collected
             return
 
@@ -767,7 +769,9 @@ def _describe(auth: object) -> str:
         return "a user and password"
     if isinstance(auth, _Digest):
         return "httpx2.DigestAuth"
-    if isinstance(auth, httpx2.BasicAuth):
+    # Not reachable: Basic goes with the first leg, so a 407 to it is a rejection, never
+    # the failed choice of a scheme that describes the credentials. Kept for the wording.
+    if isinstance(auth, httpx2.BasicAuth):  # pragma: no cover - see above
         return "httpx2.BasicAuth"
     return type(auth).__name__
 
