@@ -277,6 +277,47 @@ def _sync_do(item: _Call | _Abandon) -> Any:
     return None
 
 
+async def _async_advance(
+    handshake: Generator[_Item, Any, None], result: httpx2.Response | None
+) -> httpx2.Request | None:
+    """Send ``result`` into the handshake and run its steps (calls in a worker thread) until
+    it yields its next request, which is returned; None when it has ended."""
+    value: Any = result
+    error: Exception | None = None
+    while True:
+        try:
+            item = handshake.send(value) if error is None else handshake.throw(error)
+        except StopIteration:
+            return None
+        if isinstance(item, httpx2.Request):
+            return item
+        value, error = None, None
+        try:
+            value = await _async_do(item)
+        except Exception as exc:  # the handshake's to handle (it wraps them)
+            error = exc
+
+
+def _sync_advance(
+    handshake: Generator[_Item, Any, None], result: httpx2.Response | None
+) -> httpx2.Request | None:
+    """:func:`_async_advance` with each step inline (we are a thread already)."""
+    value: Any = result
+    error: Exception | None = None
+    while True:
+        try:
+            item = handshake.send(value) if error is None else handshake.throw(error)
+        except StopIteration:
+            return None
+        if isinstance(item, httpx2.Request):
+            return item
+        value, error = None, None
+        try:
+            value = _sync_do(item)
+        except Exception as exc:  # the handshake's to handle (it wraps them)
+            error = exc
+
+
 async def _async_run(steps: _Steps[T]) -> T:
     """Drive ``steps`` to its return value, each step awaited (calls in a worker thread)."""
     result: Any = None
@@ -341,6 +382,17 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
 
     requires_response_body = True  # a 401 left unread would close its connection
     _protocols: tuple[str, ...] = ()
+    # ExClient and ExSyncClient drive the handshake themselves (_async_begin and
+    # _async_advance, without the auth-flow generators below) unless a subclass changed
+    # those generators: then they go through httpx2's auth loop, which calls them.
+    _client_driven = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._client_driven = (
+            cls.async_auth_flow is _SpnegoAuth.async_auth_flow
+            and cls.sync_auth_flow is _SpnegoAuth.sync_auth_flow
+        )
 
     def __init__(
         self,
@@ -398,52 +450,50 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
     def sync_auth_flow(
         self, request: httpx2.Request
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        # A streamed body is read into memory so that the final leg can send it again.
-        request.read()
-        handshake = self._handshake(request, sync=True)
+        handshake, first = self._sync_begin(request)
+        leg: httpx2.Request | None = first
         try:
-            result: Any = None
-            error: Exception | None = None
-            while True:
-                try:
-                    item = handshake.send(result) if error is None else handshake.throw(error)
-                except StopIteration:
-                    return
-                result, error = None, None
-                if isinstance(item, httpx2.Request):
-                    result = yield item
-                    continue
-                try:
-                    result = _sync_do(item)
-                except Exception as exc:  # the handshake's to handle (it wraps them)
-                    error = exc
+            while leg is not None:
+                leg = _sync_advance(handshake, (yield leg))
         finally:
             handshake.close()
 
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        handshake, first = await self._async_begin(request)
+        leg: httpx2.Request | None = first
+        try:
+            while leg is not None:
+                leg = await _async_advance(handshake, (yield leg))
+        finally:
+            handshake.close()
+
+    # What the clients call to drive a handshake (see _client_driven): begin, then advance
+    # with each response until no request is left to send.
+
+    async def _async_begin(
+        self, request: httpx2.Request
+    ) -> tuple[Generator[_Item, Any, None], httpx2.Request]:
+        """The flow's handshake and its first request (``request`` itself)."""
         # A streamed body is read into memory so that the final leg can send it again.
         await request.aread()
         handshake = self._handshake(request, sync=False)
-        try:
-            result: Any = None
-            error: Exception | None = None
-            while True:
-                try:
-                    item = handshake.send(result) if error is None else handshake.throw(error)
-                except StopIteration:
-                    return
-                result, error = None, None
-                if isinstance(item, httpx2.Request):
-                    result = yield item
-                    continue
-                try:
-                    result = await _async_do(item)
-                except Exception as exc:  # the handshake's to handle (it wraps them)
-                    error = exc
-        finally:
-            handshake.close()
+        leg = await _async_advance(handshake, None)
+        assert leg is not None  # _handshake always sends something first, or raises
+        return handshake, leg
+
+    def _sync_begin(
+        self, request: httpx2.Request
+    ) -> tuple[Generator[_Item, Any, None], httpx2.Request]:
+        request.read()
+        handshake = self._handshake(request, sync=True)
+        leg = _sync_advance(handshake, None)
+        assert leg is not None  # _handshake always sends something first, or raises
+        return handshake, leg
+
+    _async_advance = staticmethod(_async_advance)
+    _sync_advance = staticmethod(_sync_advance)
 
     # The flow.
 
