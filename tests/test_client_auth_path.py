@@ -176,3 +176,20 @@ async def test_client_driven_auth_skips_httpx_auth_loop(
         assert wrapped.request.headers["X-Wrapped"] == "1"
         assert calls == ["Wrapped"]
         assert_pool_clean(client)
+
+
+async def test_client_auth_partition_is_by_value_and_shows_no_digest(iis: IISLikeServer) -> None:
+    # Two auth objects for one identity share its connections; another password does not.
+    same, other = NTLMAuth(USER, PASSWORD), NTLMAuth(USER, "not-the-password")
+    async with ExClient(base_url=iis.url) as client:
+        first = await client.get("/", auth=NTLMAuth(USER, PASSWORD))
+        again = await client.get("/", auth=same)
+        refused = await client.get("/", auth=other)
+        assert (first.status_code, again.status_code, refused.status_code) == (200, 200, 401)
+        assert again.extensions["conn_id"] == first.extensions["conn_id"]
+        assert refused.extensions["conn_id"] != first.extensions["conn_id"]
+        assert len(iis.log) == 3 + 1 + 3  # the second request went with no handshake
+        shown = repr(client.connections) + repr(same._partition)
+        assert "alice" in shown
+        assert same._partition.secret not in shown  # the password's digest
+        assert_pool_clean(client)

@@ -24,7 +24,6 @@ import abc
 import base64
 import binascii
 import contextlib
-import dataclasses
 import enum
 import hashlib
 import importlib
@@ -35,7 +34,7 @@ import threading
 import typing
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import spnego
@@ -176,16 +175,22 @@ def _gssapi_missing(protocol: str) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class _Identity:
-    """The pool partition of one identity; its repr never shows the password digest."""
+class _Identity(typing.NamedTuple):
+    """The pool partition of one identity; its repr never shows the password digest.
+
+    A tuple, not a dataclass: the pool hashes a request's key several times per request,
+    and a tuple's hash and equality run in C where a dataclass calls its Python __hash__.
+    """
 
     scheme: str
     user: str
-    secret: str = field(repr=False)
+    secret: str
     # What the handshake may be: a connection that Negotiate authenticated through NTLM, or
     # without a delegated ticket, must not serve a request that refuses NTLM or needs one.
     policy: str = ""
+
+    def __repr__(self) -> str:
+        return f"_Identity(scheme={self.scheme!r}, user={self.user!r}, policy={self.policy!r})"
 
 
 def _offered(response: httpx2.Response) -> dict[str, bytes | None]:
@@ -1120,8 +1125,8 @@ class NegotiateAuth(_SpnegoAuth):
             preemptive=preemptive,
         )
         self._allow_ntlm = allow_ntlm
-        self._partition = dataclasses.replace(
-            self._partition, policy=f"allow_ntlm={allow_ntlm},delegate={delegate}"
+        self._partition = self._partition._replace(
+            policy=f"allow_ntlm={allow_ntlm},delegate={delegate}"
         )
 
     def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:
