@@ -86,7 +86,10 @@ async def _outcome(
         for _ in range(2):
             try:
                 request = client.build_request("GET", path, headers=kwargs.get("headers"))
-                response = await client.send(request, stream=kwargs.get("stream", False))
+                send_kwargs = {"stream": kwargs.get("stream", False)}
+                if "send_follow_redirects" in kwargs:  # send()'s own, not the client's
+                    send_kwargs["follow_redirects"] = kwargs["send_follow_redirects"]
+                response = await client.send(request, **send_kwargs)
             except httpx.HTTPError as exc:
                 seen.append((type(exc).__name__, str(exc)))
                 continue
@@ -125,6 +128,7 @@ async def test_client_driven_auth_matches_httpx_on_ntlm(
         ("/redirect-chain", {"follow_redirects": True, "max_redirects": 1}),
         ("/redirect-bad", {}),
         ("/redirect", {"follow_redirects": True, "stream": True}),
+        ("/redirect", {"send_follow_redirects": True}),
     ],
 )
 async def test_client_driven_auth_matches_httpx_on_redirects(
@@ -192,4 +196,17 @@ async def test_client_auth_partition_is_by_value_and_shows_no_digest(iis: IISLik
         shown = repr(client.connections) + repr(same._partition)
         assert "alice" in shown
         assert same._partition.secret not in shown  # the password's digest
+        assert_pool_clean(client)
+
+
+@pytest.mark.parametrize("driven", [True, False])
+async def test_client_driven_auth_body_error_closes_the_response(
+    canned: CannedServer, driven: bool
+) -> None:
+    # The final response's body fails to arrive (the server stalls past the read timeout):
+    # the error carries the request and the connection is closed, not left checked out.
+    async with ExClient(base_url=canned.url, auth=_auth(driven)) as client:
+        with pytest.raises(httpx.ReadTimeout) as info:
+            await client.get("/stall", timeout=httpx.Timeout(5.0, read=0.3))
+        assert info.value.request.url == canned.url + "/stall"
         assert_pool_clean(client)

@@ -60,6 +60,12 @@ _new_headers = functools.partial(httpx.Headers.__new__, httpx.Headers)
 _lowered_name = operator.itemgetter(1)
 
 
+def _end_flow(flow: Flow) -> None:
+    """End a send()'s flow: free its reservations, closing those the pool gives back."""
+    for _pool, conns in flow.end():
+        close_all(conns)
+
+
 @functools.lru_cache(maxsize=512)
 def _parse_url(url: str) -> httpx.URL:
     # httpx parses a str URL on every request (~10 us); URLs are immutable, so clients that
@@ -455,8 +461,7 @@ class ExSyncClient(httpx.Client):
                 )
                 try:
                     # The handshake is over: nothing more goes out in this flow (as below).
-                    for _pool, conns in flow.end():
-                        close_all(conns)
+                    _end_flow(flow)
                     if not stream:
                         response.read()
                 except BaseException:
@@ -479,8 +484,7 @@ class ExSyncClient(httpx.Client):
                     # This response is the last of the flow: end it now, so that reading
                     # the body frees the connection at once instead of reserving it to a
                     # flow that makes no further request (the same end state, less work).
-                    for _pool, conns in flow.end():
-                        close_all(conns)
+                    _end_flow(flow)
                 if not stream:
                     response.read()
             except BaseException:
@@ -490,8 +494,7 @@ class ExSyncClient(httpx.Client):
         finally:
             current_flow.reset(token)
             if flow.live:  # (the fast path may have ended it already)
-                for _pool, conns in flow.end():
-                    close_all(conns)
+                _end_flow(flow)
 
     def _send_handling_connection_auth(
         self, request: httpx.Request, auth: _SpnegoAuth, follow_redirects: bool
