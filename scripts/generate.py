@@ -107,7 +107,7 @@ AXES["sync"] = (
     # httpx's wording for the wrong kind of body or stream (the flavour modules hold both).
     Rule("SYNC_REQUEST_REFUSED", "ASYNC_REQUEST_REFUSED"),
     Rule("SYNC_STREAM_REFUSED", "ASYNC_STREAM_REFUSED"),
-    Rule(r"\._async_(new_context|step)\b", r"._sync_\1"),  # the auth's driver pairs
+    Rule(r"\._async_(new_context|step|begin|advance)\b", r"._sync_\1"),  # the auth's drivers
     Rule("aclose", "close"),
     Rule("aread", "read"),
     # Our public names.

@@ -24,7 +24,6 @@ import abc
 import base64
 import binascii
 import contextlib
-import dataclasses
 import enum
 import hashlib
 import importlib
@@ -35,7 +34,7 @@ import threading
 import typing
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import spnego
@@ -176,16 +175,22 @@ def _gssapi_missing(protocol: str) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class _Identity:
-    """The pool partition of one identity; its repr never shows the password digest."""
+class _Identity(typing.NamedTuple):
+    """The pool partition of one identity; its repr never shows the password digest.
+
+    A tuple, not a dataclass: the pool hashes a request's key several times per request,
+    and a tuple's hash and equality run in C where a dataclass calls its Python __hash__.
+    """
 
     scheme: str
     user: str
-    secret: str = field(repr=False)
+    secret: str
     # What the handshake may be: a connection that Negotiate authenticated through NTLM, or
     # without a delegated ticket, must not serve a request that refuses NTLM or needs one.
     policy: str = ""
+
+    def __repr__(self) -> str:
+        return f"_Identity(scheme={self.scheme!r}, user={self.user!r}, policy={self.policy!r})"
 
 
 def _offered(response: httpx2.Response) -> dict[str, bytes | None]:
@@ -277,6 +282,47 @@ def _sync_do(item: _Call | _Abandon) -> Any:
     return None
 
 
+async def _async_advance(
+    handshake: Generator[_Item, Any, None], result: httpx2.Response | None
+) -> httpx2.Request | None:
+    """Send ``result`` into the handshake and run its steps (calls in a worker thread) until
+    it yields its next request, which is returned; None when it has ended."""
+    value: Any = result
+    error: Exception | None = None
+    while True:
+        try:
+            item = handshake.send(value) if error is None else handshake.throw(error)
+        except StopIteration:
+            return None
+        if isinstance(item, httpx2.Request):
+            return item
+        value, error = None, None
+        try:
+            value = await _async_do(item)
+        except Exception as exc:  # the handshake's to handle (it wraps them)
+            error = exc
+
+
+def _sync_advance(
+    handshake: Generator[_Item, Any, None], result: httpx2.Response | None
+) -> httpx2.Request | None:
+    """:func:`_async_advance` with each step inline (we are a thread already)."""
+    value: Any = result
+    error: Exception | None = None
+    while True:
+        try:
+            item = handshake.send(value) if error is None else handshake.throw(error)
+        except StopIteration:
+            return None
+        if isinstance(item, httpx2.Request):
+            return item
+        value, error = None, None
+        try:
+            value = _sync_do(item)
+        except Exception as exc:  # the handshake's to handle (it wraps them)
+            error = exc
+
+
 async def _async_run(steps: _Steps[T]) -> T:
     """Drive ``steps`` to its return value, each step awaited (calls in a worker thread)."""
     result: Any = None
@@ -341,6 +387,17 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
 
     requires_response_body = True  # a 401 left unread would close its connection
     _protocols: tuple[str, ...] = ()
+    # ExClient and ExSyncClient drive the handshake themselves (_async_begin and
+    # _async_advance, without the auth-flow generators below) unless a subclass changed
+    # those generators: then they go through httpx2's auth loop, which calls them.
+    _client_driven = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._client_driven = (
+            cls.async_auth_flow is _SpnegoAuth.async_auth_flow
+            and cls.sync_auth_flow is _SpnegoAuth.sync_auth_flow
+        )
 
     def __init__(
         self,
@@ -398,52 +455,50 @@ class _SpnegoAuth(httpx2.Auth, abc.ABC):
     def sync_auth_flow(
         self, request: httpx2.Request
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
-        # A streamed body is read into memory so that the final leg can send it again.
-        request.read()
-        handshake = self._handshake(request, sync=True)
+        handshake, first = self._sync_begin(request)
+        leg: httpx2.Request | None = first
         try:
-            result: Any = None
-            error: Exception | None = None
-            while True:
-                try:
-                    item = handshake.send(result) if error is None else handshake.throw(error)
-                except StopIteration:
-                    return
-                result, error = None, None
-                if isinstance(item, httpx2.Request):
-                    result = yield item
-                    continue
-                try:
-                    result = _sync_do(item)
-                except Exception as exc:  # the handshake's to handle (it wraps them)
-                    error = exc
+            while leg is not None:
+                leg = _sync_advance(handshake, (yield leg))
         finally:
             handshake.close()
 
     async def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        handshake, first = await self._async_begin(request)
+        leg: httpx2.Request | None = first
+        try:
+            while leg is not None:
+                leg = await _async_advance(handshake, (yield leg))
+        finally:
+            handshake.close()
+
+    # What the clients call to drive a handshake (see _client_driven): begin, then advance
+    # with each response until no request is left to send.
+
+    async def _async_begin(
+        self, request: httpx2.Request
+    ) -> tuple[Generator[_Item, Any, None], httpx2.Request]:
+        """The flow's handshake and its first request (``request`` itself)."""
         # A streamed body is read into memory so that the final leg can send it again.
         await request.aread()
         handshake = self._handshake(request, sync=False)
-        try:
-            result: Any = None
-            error: Exception | None = None
-            while True:
-                try:
-                    item = handshake.send(result) if error is None else handshake.throw(error)
-                except StopIteration:
-                    return
-                result, error = None, None
-                if isinstance(item, httpx2.Request):
-                    result = yield item
-                    continue
-                try:
-                    result = await _async_do(item)
-                except Exception as exc:  # the handshake's to handle (it wraps them)
-                    error = exc
-        finally:
-            handshake.close()
+        leg = await _async_advance(handshake, None)
+        assert leg is not None  # _handshake always sends something first, or raises
+        return handshake, leg
+
+    def _sync_begin(
+        self, request: httpx2.Request
+    ) -> tuple[Generator[_Item, Any, None], httpx2.Request]:
+        request.read()
+        handshake = self._handshake(request, sync=True)
+        leg = _sync_advance(handshake, None)
+        assert leg is not None  # _handshake always sends something first, or raises
+        return handshake, leg
+
+    _async_advance = staticmethod(_async_advance)
+    _sync_advance = staticmethod(_sync_advance)
 
     # The flow.
 
@@ -1074,8 +1129,8 @@ class NegotiateAuth(_SpnegoAuth):
             preemptive=preemptive,
         )
         self._allow_ntlm = allow_ntlm
-        self._partition = dataclasses.replace(
-            self._partition, policy=f"allow_ntlm={allow_ntlm},delegate={delegate}"
+        self._partition = self._partition._replace(
+            policy=f"allow_ntlm={allow_ntlm},delegate={delegate}"
         )
 
     def _choose(self, offered: dict[str, bytes | None]) -> tuple[str, str] | None:

@@ -46,6 +46,7 @@ from ._proxy_auth import check_proxy_auth
 from ._transport import DEFAULT_LIMITS, HTTP2_REFUSED, ExTransport, _Response
 
 if typing.TYPE_CHECKING:
+    from ._auth import _SpnegoAuth
     from ._proxy_auth import ProxyAuthTypes
 
 __all__ = ["ExClient"]
@@ -58,6 +59,12 @@ _EMPTY_BODY = httpx2.ByteStream(b"")
 _new_request = functools.partial(httpx2.Request.__new__, httpx2.Request)
 _new_headers = functools.partial(httpx2.Headers.__new__, httpx2.Headers)
 _lowered_name = operator.itemgetter(1)
+
+
+async def _end_flow(flow: Flow) -> None:
+    """End a send()'s flow: free its reservations, closing those the pool gives back."""
+    for _pool, conns in flow.end():
+        await close_all(conns)
 
 
 @functools.lru_cache(maxsize=512)
@@ -420,9 +427,16 @@ class ExClient(httpx2.AsyncClient):
         flow = Flow(parent=current_flow.get())
         token = current_flow.set(flow)
         try:
+            chosen = self._auth if isinstance(auth, UseClientDefault) else auth
             if not (
                 self._send_fast_path
-                and (auth is None or (isinstance(auth, UseClientDefault) and self._auth is None))
+                and (
+                    chosen is None
+                    # Our NTLMAuth and NegotiateAuth (see _send_handling_connection_auth).
+                    or (
+                        isinstance(chosen, httpx2.Auth) and getattr(chosen, "_client_driven", False)
+                    )
+                )
                 and not self._event_hooks["request"]
                 and not self._event_hooks["response"]
                 and self.max_redirects >= 0
@@ -444,6 +458,19 @@ class ExClient(httpx2.AsyncClient):
                 follow_redirects = self.follow_redirects
             if "timeout" not in request.extensions:
                 self._set_timeout(request)
+            if chosen is not None:
+                response = await self._send_handling_connection_auth(
+                    request, typing.cast("_SpnegoAuth", chosen), follow_redirects
+                )
+                try:
+                    # The handshake is over: nothing more goes out in this flow (as below).
+                    await _end_flow(flow)
+                    if not stream:
+                        await response.aread()
+                except BaseException:
+                    await response.aclose()
+                    raise
+                return response
             response = await self._send_single_request(request)
             try:
                 response.history = []
@@ -460,11 +487,7 @@ class ExClient(httpx2.AsyncClient):
                     # This response is the last of the flow: end it now, so that reading
                     # the body frees the connection at once instead of reserving it to a
                     # flow that makes no further request (the same end state, less work).
-                    # Nothing is reserved to the flow yet: its one response still holds
-                    # its connection (ACTIVE) until it is read, below. Kept for the day a
-                    # connection is released before the response is returned.
-                    for _pool, conns in flow.end():
-                        await close_all(conns)  # pragma: no cover - nothing reserved yet
+                    await _end_flow(flow)
                 if not stream:
                     await response.aread()
             except BaseException:
@@ -474,8 +497,61 @@ class ExClient(httpx2.AsyncClient):
         finally:
             current_flow.reset(token)
             if flow.live:  # (the fast path may have ended it already)
-                for _pool, conns in flow.end():
-                    await close_all(conns)
+                await _end_flow(flow)
+
+    async def _send_handling_connection_auth(
+        self, request: httpx2.Request, auth: _SpnegoAuth, follow_redirects: bool
+    ) -> httpx2.Response:
+        # httpx2's _send_handling_auth for our own NTLMAuth and NegotiateAuth, with no event
+        # hooks: the same requests, history, reads and closes, in the same order, but their
+        # handshake generator driven here instead of through an auth-flow async generator
+        # (its creation, its first-iteration hook and three resumptions, and two more
+        # coroutines of httpx2's: most of what a request on an authenticated connection cost
+        # over a plain one).
+        handshake, leg = await auth._async_begin(request)
+        history: list[httpx2.Response] = []
+        try:
+            while True:
+                response = await self._send_leg(leg, follow_redirects, history)
+                try:
+                    next_leg = await auth._async_advance(handshake, response)
+                    if next_leg is None:
+                        return response
+                    # (httpx2 sets response.history here again: _send_leg has set it.)
+                    await response.aread()
+                    leg = next_leg
+                    history.append(response)
+                except BaseException:
+                    await response.aclose()
+                    raise
+        finally:
+            handshake.close()
+
+    async def _send_leg(
+        self, request: httpx2.Request, follow_redirects: bool, history: list[httpx2.Response]
+    ) -> httpx2.Response:
+        # httpx2's _send_handling_redirects with no event hooks. Later legs go through it
+        # as they are: it counts the 401s before them against max_redirects.
+        if history:
+            return await self._send_handling_redirects(
+                request, follow_redirects=follow_redirects, history=history
+            )
+        response = await self._send_single_request(request)
+        try:
+            response.history = []
+            if response.status_code in _REDIRECT_CODES and response.has_redirect_location:
+                if not follow_redirects:
+                    unfollowed_redirect(self, request, response)
+                    return response
+                next_request = self._build_redirect_request(request, response)
+                await response.aread()
+                return await self._send_handling_redirects(
+                    next_request, follow_redirects=True, history=[response]
+                )
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
 
     # Introspection.
 
