@@ -1,13 +1,18 @@
 """scripts/mutate's helper: which tests run which lines of the module it mutates.
 
-As a pytest plugin (``-p mutate_contexts``, with ``scripts/`` on ``PYTHONPATH``), in a run whose
-coverage is started at interpreter start-up (``COVERAGE_PROCESS_START``, read by coverage's
-``.pth`` file), it labels the coverage data with the running test's node id, and writes the
-tests it collected with each one's run time (setup, call and teardown) to
-``$MUTATE_ITEMS_FILE`` as JSON. Lines run outside any test (imports, collection) keep the
-empty label. Python subprocesses a test starts are measured too, labelled with the same node
-id: the rcfile's static ``context = ${MUTATE_TEST_CONTEXT}`` is read by each child at its
-start, and the plugin sets that variable for the length of each test.
+As a pytest plugin (``-p mutate_contexts``; scripts/mutate copies this file next to the
+package copy it puts on ``PYTHONPATH``), in a run whose coverage is started at interpreter
+start-up (``COVERAGE_PROCESS_START``, read by coverage's ``.pth`` file), it labels the
+coverage data with the running test's node id, and writes the tests it collected with each
+one's run time (setup, call and teardown) to ``$MUTATE_ITEMS_FILE`` as JSON. Lines run outside
+any test (imports, collection) keep the empty label. Python subprocesses a test starts are
+measured too, labelled with the same node id: the rcfile's static
+``context = ${MUTATE_TEST_CONTEXT}`` is read by each child at its start, and the plugin sets
+that variable for the length of each test.
+
+With ``$MUTATE_SELECT_FILE`` (node ids, one a line), it runs only those of the collected tests.
+A mutant may rename a test parametrized with the module's values; such a test, missing from
+the collected ones, runs under its new name (every case of that test function).
 
 As a script, ``python mutate_contexts.py DATA_DIR SUFFIX OUT`` combines the data files in
 DATA_DIR and writes ``{line: [labels]}`` for the measured file whose path ends with SUFFIX.
@@ -61,10 +66,31 @@ class _Recorder:
         self.out.write_text(json.dumps(data), encoding="utf-8")
 
 
+class _Selector:
+    def __init__(self, chosen: list[str]) -> None:
+        self.chosen = set(chosen)
+
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        missing = self.chosen - {item.nodeid for item in items}
+        renamed = {test.split("[")[0] for test in missing}
+        keep = [i for i in items if i.nodeid in self.chosen or i.nodeid.split("[")[0] in renamed]
+        kept = {id(item) for item in keep}
+        dropped = [item for item in items if id(item) not in kept]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 def pytest_configure(config: pytest.Config) -> None:
     out = os.environ.get("MUTATE_ITEMS_FILE")
     if out:
         config.pluginmanager.register(_Recorder(Path(out)), "mutate_recorder")
+    select = os.environ.get("MUTATE_SELECT_FILE")
+    if select:
+        chosen = Path(select).read_text(encoding="utf-8").split("\n")
+        config.pluginmanager.register(_Selector([c for c in chosen if c]), "mutate_selector")
     # Import the mutated module now, outside any test, so that its import-time lines (def
     # lines, class bodies, constants) carry no test's label even when the package loads it
     # lazily: a mutant there runs every test.
