@@ -88,7 +88,9 @@ _calc.py | > -> >= | if x > LIMIT: | #1
     clamp(LIMIT) is LIMIT either way.
 """
 
-_LINE = re.compile(r"^  (\S+(?: \S+)?)\s+#(\d+) _calc\.py:(\d+): .*?\](?:  (\d+)\+(\d+) tests)?$")
+_LINE = re.compile(
+    r"^  (\S+(?: \S+)?)\s+#(\d+) _calc\.py:(\d+): .*?\]  (?:(\d+)\+(\d+) tests, )?[\d.]+ s$"
+)
 
 
 def _load_script() -> ModuleType:
