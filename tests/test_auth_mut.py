@@ -8,10 +8,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import spnego
 
-from httpx_extensions import ExClient, NTLMAuth
+from httpx_extensions import CONN_ID, ExClient, NTLMAuth
 from httpx_extensions._auth import _AUTH_TRACE, _spnego_neg_state
 
 from .conftest import assert_pool_clean
@@ -113,3 +116,67 @@ async def test_auth_mut_preemptive_option_trace(iis: IISLikeServer) -> None:
     assert second["received_bytes"] == 0  # NTLM's 200 carries no token
     assert first["conn_id"] == second["conn_id"] == response.extensions["conn_id"]
     assert trace[4] == {"event": "done", "complete": True, "mechanism": "ntlm"}
+
+
+# -- the shipped bounds ------------------------------------------------------------------------
+# tests/test_auth_bounds.py lowers them to see the eviction order with real handshakes; these
+# check the values shipped, without a server: NTLM template contexts are made without I/O, and
+# an answer that is not a 401 is what makes the auth remember a connection.
+
+
+def test_auth_mut_ntlm_templates_shipped_bound_is_64_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[str] = []
+    real = spnego.client
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        created.append(kwargs["hostname"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spnego, "client", counting)
+    auth = NTLMAuth(*ALICE)
+
+    def context_for(host: str) -> None:
+        auth._sync_new_context("ntlm", httpx.Request("GET", f"http://{host}/"), None)
+
+    hosts = [f"h{n}.test" for n in range(64)]
+    for host in [*hosts, hosts[0]]:
+        context_for(host)
+    assert created == hosts  # 64 kept: the first is reused, its hashes not derived again
+    context_for("h64.test")  # the 65th pushes out the least recently used, h1
+    context_for("h0.test")
+    assert created == [*hosts, "h64.test"]
+    context_for("h1.test")
+    assert created == [*hosts, "h64.test", "h1.test"]
+
+
+def test_auth_mut_remembers_4096_authenticated_connections() -> None:
+    # A server that challenges a connection the auth saw authenticated re-challenges every
+    # request: the auth then opens with its first token there. It knows 4096 connections.
+    auth = NTLMAuth(*ALICE)
+    conn_ids = iter(range(1, 4098))
+    first_tokens: list[bool] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "warm.test":  # an anonymous 200: its connection is remembered
+            return httpx.Response(200, extensions={CONN_ID: next(conn_ids)})
+        if request.url.path == "/again":
+            first_tokens.append("Authorization" in request.headers)
+            return httpx.Response(200)  # (no conn_id: nothing more to remember)
+        # conn_id 1 (the oldest) or 2 challenged: then the type 1 is refused outright.
+        return httpx.Response(
+            401,
+            headers={"WWW-Authenticate": "NTLM"},
+            extensions={CONN_ID: int(request.url.path[1:])},
+        )
+
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as client:
+        for _ in range(4096):
+            assert client.get("http://warm.test/").status_code == 200
+        # All 4096 are known: conn_id 1 challenged makes a.test preemptive.
+        assert client.get("http://a.test/1").status_code == 401
+        client.get("http://a.test/again")
+        # One more: conn_id 1 is forgotten (2 is the oldest now), so b.test is not.
+        assert client.get("http://warm.test/").status_code == 200
+        assert client.get("http://b.test/1").status_code == 401
+        client.get("http://b.test/again")
+    assert first_tokens == [True, False]
