@@ -79,6 +79,28 @@ async def test_auth_mut_connections_show_the_user_never_the_password_digest(
         assert_pool_clean(client)
 
 
+async def test_auth_mut_same_user_with_another_password_gets_no_authenticated_connection(
+    iis: IISLikeServer,
+) -> None:
+    # The password is part of the identity: alice's connection, authenticated with her
+    # password, must not serve a request made with a wrong one (nor vice versa).
+    async with ExClient() as client:
+        good = await client.get(iis.url + "/", auth=NTLMAuth(*ALICE))
+        assert good.status_code == 200
+        wrong = await client.get(iis.url + "/", auth=NTLMAuth(ALICE[0], "wrong"))
+        assert wrong.status_code == 401
+        assert wrong.extensions[CONN_ID] != good.extensions[CONN_ID]
+        assert [(r.ntlm_message, r.status) for r in iis.log[3:]] == [
+            (None, 401),
+            (1, 401),
+            (3, 401),
+        ]
+        again = await client.get(iis.url + "/", auth=NTLMAuth(*ALICE))
+        assert again.status_code == 200
+        assert again.extensions[CONN_ID] == good.extensions[CONN_ID]
+        assert_pool_clean(client)
+
+
 # -- the trace of a preemptive request --------------------------------------------------------
 
 
