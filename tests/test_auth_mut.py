@@ -14,7 +14,7 @@ import httpx
 import pytest
 import spnego
 
-from httpx_extensions import CONN_ID, ExClient, NTLMAuth
+from httpx_extensions import CONN_ID, AuthenticationError, ExClient, NTLMAuth
 from httpx_extensions._auth import _AUTH_TRACE, _spnego_neg_state
 
 from .conftest import assert_pool_clean
@@ -202,3 +202,33 @@ def test_auth_mut_remembers_4096_authenticated_connections() -> None:
         assert client.get("http://b.test/1").status_code == 401
         client.get("http://b.test/again")
     assert first_tokens == [True, False]
+
+
+# -- a preemptive handshake split by the server ------------------------------------------------
+
+
+async def test_auth_mut_preemptive_handshake_split_by_the_server_is_an_error(
+    iis: IISLikeServer,
+) -> None:
+    # The server announces it closes the connection with the challenge to the preemptive
+    # type 1: the type 3 leg, pinned to that connection, goes out on a new one, which answers
+    # with fresh offers. The handshake starts over there once, the server closes that one
+    # too, and the split is reported with the origin, never taken for a rejected login.
+    port = iis.url.rsplit(":", 1)[1]
+    async with ExClient() as client:
+        with pytest.raises(AuthenticationError) as caught:
+            await client.get(
+                iis.url + "/close-after-challenge?announce=1",
+                auth=NTLMAuth(*ALICE, preemptive=True),
+            )
+        assert str(caught.value).startswith(
+            f"NTLM handshake with http://127.0.0.1:{port} was split: the server closed "
+            "connection "
+        )
+        assert_pool_clean(client)
+    assert [(r.conn_seq, r.ntlm_message, r.status) for r in iis.log] == [
+        (1, 1, 401),
+        (2, 3, 401),
+        (2, 1, 401),
+        (3, 3, 401),
+    ]
