@@ -6,6 +6,9 @@ the edges of the SPNEGO negState reader, the identity a connection shows in
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +17,12 @@ import httpx
 import pytest
 import spnego
 
-from httpx_extensions import CONN_ID, AuthenticationError, ExClient, NTLMAuth
+from httpx_extensions import CONN_ID, AuthenticationError, ExClient, NegotiateAuth, NTLMAuth
 from httpx_extensions._auth import _AUTH_TRACE, _spnego_neg_state
 
 from .conftest import assert_pool_clean
 from .servers import IISLikeServer, write_user_file
+from .test_auth_options import _NO_GSSAPI
 
 pytestmark = pytest.mark.anyio
 
@@ -222,8 +226,7 @@ async def test_auth_mut_preemptive_handshake_split_by_the_server_is_an_error(
                 auth=NTLMAuth(*ALICE, preemptive=True),
             )
         assert str(caught.value).startswith(
-            f"NTLM handshake with http://127.0.0.1:{port} was split: the server closed "
-            "connection "
+            f"NTLM handshake with http://127.0.0.1:{port} was split: the server closed connection "
         )
         assert_pool_clean(client)
     assert [(r.conn_seq, r.ntlm_message, r.status) for r in iis.log] == [
@@ -232,3 +235,52 @@ async def test_auth_mut_preemptive_handshake_split_by_the_server_is_an_error(
         (2, 1, 401),
         (3, 3, 401),
     ]
+
+
+# -- a missing gssapi is named only when it is missing, and only for Kerberos ------------------
+
+
+@pytest.mark.parametrize(
+    ("schemes", "allow_ntlm", "message"),
+    [
+        # The current user's NTLM credentials (NTLM_USER_FILE) are missing: an NTLM problem.
+        (("NTLM",), True, "could not set up ntlm for 127.0.0.1: "),
+        # No Kerberos ticket (the suite's Kerberos reaches no KDC), no NTLM credentials.
+        (("Negotiate",), True, "Negotiate handshake with 127.0.0.1 failed: "),
+        (("Negotiate",), False, "Negotiate handshake with 127.0.0.1 failed: "),
+    ],
+)
+async def test_auth_mut_failure_with_gssapi_installed_is_not_blamed_on_gssapi(
+    user_file: Path, schemes: tuple[str, ...], allow_ntlm: bool, message: str
+) -> None:
+    with IISLikeServer(user_file=user_file, schemes=schemes) as server:
+        # The server sets NTLM_USER_FILE for its acceptor; the client must not find it.
+        saved = os.environ.pop("NTLM_USER_FILE")
+        try:
+            async with ExClient() as client:
+                with pytest.raises(AuthenticationError) as caught:
+                    await client.get(server.url + "/", auth=NegotiateAuth(allow_ntlm=allow_ntlm))
+                assert_pool_clean(client)
+        finally:
+            os.environ["NTLM_USER_FILE"] = saved
+        assert [(r.scheme, r.status) for r in server.log] == [(None, 401)]
+    assert str(caught.value).startswith(message)
+    assert "gssapi" not in str(caught.value)
+
+
+def test_auth_mut_ntlm_failure_without_gssapi_is_not_blamed_on_gssapi(user_file: Path) -> None:
+    # Without gssapi, an NTLM-only server and no NTLM credentials: the error is NTLM's own,
+    # not advice to install Kerberos support that NTLM does not use.
+    env = {k: v for k, v in os.environ.items() if k != "NTLM_USER_FILE"}
+    with IISLikeServer(user_file=user_file, schemes=("NTLM",)) as server:
+        result = subprocess.run(
+            [sys.executable, "-c", _NO_GSSAPI, server.url + "/", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ERROR could not set up ntlm for 127.0.0.1: "), result.stdout
+    assert "gssapi" not in result.stdout
