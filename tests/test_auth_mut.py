@@ -65,6 +65,13 @@ def test_auth_mut_neg_state_long_form_lengths(token: bytes, state: int | None) -
 # -- what a connection shows -----------------------------------------------------------------
 
 
+def test_auth_mut_repr_shows_the_class_and_the_user_only() -> None:
+    # As docs/security.md shows it: no password, no digest.
+    assert repr(NTLMAuth(*ALICE)) == "NTLMAuth('EXAMPLE\\\\alice')"
+    assert repr(NegotiateAuth("alice@EXAMPLE.TEST", "pw")) == "NegotiateAuth('alice@EXAMPLE.TEST')"
+    assert repr(NegotiateAuth()) == "NegotiateAuth('<current user>')"
+
+
 async def test_auth_mut_connections_show_the_user_never_the_password_digest(
     iis: IISLikeServer,
 ) -> None:
