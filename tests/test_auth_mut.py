@@ -215,6 +215,37 @@ def test_auth_mut_remembers_4096_authenticated_connections() -> None:
     assert first_tokens == [True, False]
 
 
+async def test_auth_mut_refused_preemptive_token_then_type1_leg_drops_the_body(
+    user_file: Path,
+) -> None:
+    # NegotiateAuth opens with Negotiate; a server offering NTLM only refuses it with fresh
+    # offers. The handshake that follows is an ordinary one: its type 1 leg goes without the
+    # body (the server answers it with 401 whatever it carries), its type 3 leg with it.
+    sent: list[tuple[str | None, str | None, int]] = []
+
+    async def hook(request: httpx.Request) -> None:
+        scheme = request.headers.get("Authorization", "").partition(" ")[0] or None
+        sent.append((scheme, request.headers.get("Content-Length"), len(await request.aread())))
+
+    body = b"x" * 3000
+    with IISLikeServer(user_file=user_file, schemes=("NTLM",)) as server:
+        async with ExClient(event_hooks={"request": [hook]}) as client:
+            response = await client.post(
+                server.url + "/upload", content=body, auth=NegotiateAuth(*ALICE, preemptive=True)
+            )
+            assert response.status_code == 200
+            assert response.json()["body_length"] == len(body)
+            assert_pool_clean(client)
+        assert [(r.scheme, r.ntlm_message, r.status) for r in server.log] == [
+            ("Negotiate", None, 401),  # (a scheme this server does not read)
+            ("NTLM", 1, 401),
+            ("NTLM", 3, 200),
+        ]
+        assert server.errors == []
+    # (The hook sees the first request before the transport adds its preemptive token.)
+    assert sent == [(None, "3000", 3000), ("NTLM", "0", 0), ("NTLM", "3000", 3000)]
+
+
 # -- a preemptive handshake split by the server ------------------------------------------------
 
 
