@@ -5,6 +5,7 @@ the edges of the SPNEGO negState reader, the identity a connection shows in
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import subprocess
@@ -273,6 +274,46 @@ async def test_auth_mut_preemptive_handshake_split_by_the_server_is_an_error(
         (2, 1, 401),
         (3, 3, 401),
     ]
+
+
+# -- what counts as an authenticated connection ----------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/bad", "/denied-after-login"])
+def test_auth_mut_a_400_does_not_count_as_an_authenticated_connection(
+    path: str, user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection the auth saw answer with success, then challenge, marks its server as one
+    # that re-challenges every request (and the auth sends its first token at once there). A
+    # 400, anonymous or at the end of a handshake, is no success: the later challenge on the
+    # same connection is an ordinary one, and the next request still goes anonymous first.
+    monkeypatch.setenv("NTLM_USER_FILE", str(user_file))  # for the acceptor's type 2
+    first_tokens: list[bool] = []
+    acceptors: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        value = request.headers.get("Authorization")
+        if request.url.path == "/probe":
+            first_tokens.append(value is not None)
+            return httpx.Response(200)  # (no conn_id: nothing to remember)
+        offer = {"WWW-Authenticate": "NTLM"}
+        if request.url.path == "/bad":
+            return httpx.Response(400, extensions={CONN_ID: 1})
+        if request.url.path == "/denied-after-login" and value is not None:
+            token = base64.b64decode(value.partition(" ")[2])
+            if token[8] == 3:  # the login went through, but the request is refused
+                return httpx.Response(400, extensions={CONN_ID: 1})
+            acceptors.append(spnego.server(protocol="ntlm"))
+            challenge = base64.b64encode(acceptors[-1].step(token)).decode()
+            offer = {"WWW-Authenticate": f"NTLM {challenge}"}
+        return httpx.Response(401, headers=offer, extensions={CONN_ID: 1})
+
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=NTLMAuth(*ALICE)) as client:
+        assert client.get(f"http://a.test{path}").status_code == 400
+        # The same connection challenges; the type 1 is refused outright.
+        assert client.get("http://a.test/").status_code == 401
+        client.get("http://a.test/probe")
+    assert first_tokens == [False]
 
 
 # -- a missing gssapi is named only when it is missing, and only for Kerberos ------------------
