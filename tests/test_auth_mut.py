@@ -10,7 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +363,80 @@ def test_auth_mut_ntlm_failure_without_gssapi_is_not_blamed_on_gssapi(user_file:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ERROR could not set up ntlm for 127.0.0.1: "), result.stdout
     assert "gssapi" not in result.stdout
+
+
+# -- how a challenge is read --------------------------------------------------------------------
+
+
+def _acceptor_handler(
+    challenge_header: Callable[[str], str], after_login: httpx.Response
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A one-connection NTLM server: bare offer, then a real pyspnego acceptor's type 2,
+    written into WWW-Authenticate by ``challenge_header``; ``after_login`` answers the
+    type 3 (not checked)."""
+    acceptors: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        value = request.headers.get("Authorization")
+        if value is None:
+            return httpx.Response(401, headers={"WWW-Authenticate": "NTLM"})
+        token = base64.b64decode(value.partition(" ")[2])
+        if token[8] == 3:
+            return after_login
+        acceptors.append(spnego.server(protocol="ntlm"))
+        challenge = base64.b64encode(acceptors[-1].step(token)).decode()
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge_header(challenge)})
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        lambda token: f"NTLM  {token}",  # two spaces
+        lambda token: f"Basic realm=x, NTLM {token} ",
+    ],
+    ids=["two-spaces", "after-another-challenge"],
+)
+def test_auth_mut_challenge_token_with_spaces_around_it_is_read(
+    header: Callable[[str], str], user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NTLM_USER_FILE", str(user_file))  # for the acceptor's type 2
+    handler = _acceptor_handler(header, httpx.Response(200, text="in"))
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=NTLMAuth(*ALICE)) as client:
+        response = client.get("http://a.test/")
+    assert response.status_code == 200
+    assert response.text == "in"
+
+
+def test_auth_mut_challenge_token_that_is_not_base64_is_an_error(
+    user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real type 2 with a character outside base64 in it: an error naming the host, not a
+    # token decoded with that character skipped (nor a 401 taken for a rejected login).
+    monkeypatch.setenv("NTLM_USER_FILE", str(user_file))
+    handler = _acceptor_handler(lambda token: f"NTLM {token[:8]}*{token[8:]}", httpx.Response(200))
+    client = httpx.Client(transport=httpx.MockTransport(handler), auth=NTLMAuth(*ALICE))
+    with client, pytest.raises(AuthenticationError) as caught:
+        client.get("http://a.test/")
+    assert str(caught.value).startswith("NTLM challenge from a.test is not valid base64 (")
+
+
+def test_auth_mut_401_with_a_token_after_the_last_leg_is_the_answer(
+    user_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server answers the type 3 with a 401 that carries a token of the scheme (an
+    # acceptor that authenticated but refuses, in its own way): the client has finished its
+    # handshake, so that 401 is the final answer, returned once, not a token to step.
+    monkeypatch.setenv("NTLM_USER_FILE", str(user_file))
+    final = httpx.Response(401, headers={"WWW-Authenticate": "NTLM oQcwBaADCgEA"})
+    handler = _acceptor_handler(lambda token: f"NTLM {token}", final)
+    trace: list[dict[str, object]] = []
+    with httpx.Client(transport=httpx.MockTransport(handler), auth=NTLMAuth(*ALICE)) as client:
+        response = client.get("http://a.test/", extensions={_AUTH_TRACE: trace})
+    assert response.status_code == 401
+    assert trace[-1] == {
+        "event": "rejected",
+        "mechanism": "ntlm",
+        "reason": "401 after the client finished its handshake",
+    }
