@@ -60,3 +60,17 @@ def test_auth_mut_sync_mutual_auth_failure_closes_the_connection(
                 assert server.handshakes_completed == attempt
             assert_pool_clean(client)
         assert server.errors == []
+
+
+def test_auth_mut_sync_preemptive_provider_error_sends_nothing(tmp_path: Path) -> None:
+    # Kerberos only, and this suite's Kerberos reaches no KDC: the preemptive token cannot be
+    # made. The sync hook raises before a byte is written (nor is an empty token sent).
+    users = write_user_file(tmp_path / "users.txt", [("EXAMPLE", "alice", "Passw0rd")])
+    with IISLikeServer(user_file=users) as server:
+        with ExSyncClient() as client:
+            with pytest.raises(AuthenticationError) as caught:
+                client.get(server.url + "/", auth=NegotiateAuth(allow_ntlm=False, preemptive=True))
+            assert_pool_clean(client)
+        assert str(caught.value).startswith("Negotiate handshake with 127.0.0.1 failed: ")
+        assert server.log == []
+        assert server.errors == []
