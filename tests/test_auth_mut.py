@@ -229,10 +229,14 @@ async def test_auth_mut_refused_preemptive_token_then_type1_leg_drops_the_body(
         sent.append((scheme, request.headers.get("Content-Length"), len(await request.aread())))
 
     body = b"x" * 3000
+    trace: list[dict[str, object]] = []
     with IISLikeServer(user_file=user_file, schemes=("NTLM",)) as server:
         async with ExClient(event_hooks={"request": [hook]}) as client:
             response = await client.post(
-                server.url + "/upload", content=body, auth=NegotiateAuth(*ALICE, preemptive=True)
+                server.url + "/upload",
+                content=body,
+                auth=NegotiateAuth(*ALICE, preemptive=True),
+                extensions={_AUTH_TRACE: trace},
             )
             assert response.status_code == 200
             assert response.json()["body_length"] == len(body)
@@ -245,6 +249,17 @@ async def test_auth_mut_refused_preemptive_token_then_type1_leg_drops_the_body(
         assert server.errors == []
     # (The hook sees the first request before the transport adds its preemptive token.)
     assert sent == [(None, "3000", 3000), ("NTLM", "0", 0), ("NTLM", "3000", 3000)]
+    # The trace has the preemptive choice and context, then the fresh ones.
+    assert [(r["event"], r.get("protocol", r.get("scheme"))) for r in trace] == [
+        ("choice", "Negotiate"),
+        ("context", "negotiate"),
+        ("exchange", "Negotiate"),
+        ("choice", "NTLM"),
+        ("context", "ntlm"),
+        ("exchange", "NTLM"),
+        ("exchange", "NTLM"),
+        ("done", None),
+    ]
 
 
 # -- a preemptive handshake split by the server ------------------------------------------------
