@@ -3,19 +3,22 @@
 Each test plays a server on a real loopback socket (the scripted server of
 ``tests/test_http11.py``) through ``ExClient`` and checks what a user sees: a cookie set by a
 head the line-by-line parser reads (bare LF line ends, obsolete folding) reaches the jar and
-goes back to the server, and transfer codings split over two ``Transfer-Encoding`` lines are
-read as one list (and refused, as ``gzip, chunked`` on one line is).
+goes back to the server; transfer codings split over two ``Transfer-Encoding`` lines are
+read as one list (and refused, as ``gzip, chunked`` on one line is); a connection whose
+upload the server cut short is not kept, even when its early answer does not say close.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio.lowlevel
+import httpx
 import pytest
 
 from .conftest import assert_pool_clean
-from .test_http11 import Answer, ScriptedServer, client, reply
+from .test_http11 import _ABANDONED_BODY, LINGER, Answer, ScriptedServer, client, reply
 from .test_http11_hardening import _refused
 
 pytestmark = pytest.mark.anyio
@@ -82,3 +85,41 @@ async def test_http11_transfer_encoding_over_two_lines_is_one_list(
     server = serve(reply(body, headers=lines, length=False), reply(b"recovered"))
     message = await _refused(server, r"^Unsupported Transfer-Encoding: only chunked is supported$")
     assert "hello" not in message
+
+
+@_ABANDONED_BODY
+@pytest.mark.parametrize("traced", [False, True], ids=["plain", "traced"])
+async def test_http11_upload_cut_short_by_an_early_answer_is_not_kept(
+    serve: Callable[..., ScriptedServer], traced: bool
+) -> None:
+    # The server answers 413 after the head, without Connection: close, and stops reading:
+    # the upload fails, the answer is read, and the connection, whose request never went
+    # out whole, is closed rather than kept for the next request.
+    sent = 0
+    total_parts = 16384  # 1 GiB: far more than gets through before the server closes
+
+    async def upload() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(total_parts):
+            sent += 1
+            yield b"x" * 65536
+            await anyio.lowlevel.checkpoint()  # as a file or network source would
+
+    events: list[str] = []
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        events.append(name)
+
+    extensions = {"trace": trace} if traced else {}
+    too_large = reply(b"too large", status=b"413 Content Too Large")
+    server = serve([too_large, LINGER], reply(b"next"), read_body=False)
+    async with client(timeout=httpx.Timeout(5.0)) as c:
+        response = await c.post(server.url, content=upload(), extensions=extensions)
+        assert (response.status_code, response.text) == (413, "too large")
+        assert sent < total_parts  # the upload was cut short
+        assert c.connections == []  # closed, not pooled
+        assert_pool_clean(c)
+        again = await c.get(server.url)
+        assert again.text == "next"
+    assert [r.conn for r in server.requests] == [0, 1]
+    assert ("http11.send_request_body.failed" in events) is traced
