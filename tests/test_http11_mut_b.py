@@ -5,7 +5,10 @@ Each test plays a server on a real loopback socket (the scripted server of
 head the line-by-line parser reads (bare LF line ends, obsolete folding) reaches the jar and
 goes back to the server; transfer codings split over two ``Transfer-Encoding`` lines are
 read as one list (and refused, as ``gzip, chunked`` on one line is); a connection whose
-upload the server cut short is not kept, even when its early answer does not say close.
+upload the server cut short is not kept, even when its early answer does not say close; an
+upload from a source that never awaits lets other tasks run. A request refused on the traced
+path is checked on ``HTTP11Connection`` itself (no server would see it), as
+``tests/test_http11_hardening.py`` does for the plain path.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio.lowlevel
+import httpcore
 import httpx
 import pytest
 
 from .conftest import assert_pool_clean
 from .test_http11 import _ABANDONED_BODY, LINGER, Answer, ScriptedServer, client, reply
-from .test_http11_hardening import _refused
+from .test_http11_hardening import HOST, _connection, _refused, _Stream
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +127,58 @@ async def test_http11_upload_cut_short_by_an_early_answer_is_not_kept(
         assert again.text == "next"
     assert [r.conn for r in server.requests] == [0, 1]
     assert ("http11.send_request_body.failed" in events) is traced
+
+
+async def test_http11_traced_request_refused_leaves_the_connection_unusable() -> None:
+    # With a trace callback the request takes the traced path; a request refused there (or
+    # failing mid-way) leaves the connection as the plain path does: expired, never reused.
+    events: list[str] = []
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        events.append(name)
+
+    stream = _Stream(reply(b"never"))
+    connection = _connection(stream)
+    with pytest.raises(httpcore.LocalProtocolError, match=r"^Missing mandatory Host: header$"):
+        await connection.send(b"GET", b"/", [], [], {"trace": trace})
+    assert events == ["http11.send_request_headers.started", "http11.send_request_headers.failed"]
+    assert stream.written == []
+    assert connection.has_expired()
+    assert not connection.is_idle()
+    with pytest.raises(httpcore.ConnectionNotAvailable):
+        await connection.send(b"GET", b"/", [HOST], [], {"trace": trace})
+
+
+async def test_http11_upload_from_a_source_that_never_awaits_lets_other_tasks_run(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # A body source that never awaits (parts already in memory): the connection lets the
+    # event loop run between parts, so another task keeps going during the upload instead
+    # of waiting for its end. (Small parts: no write here has to wait for the socket.)
+    ticks = 0
+    seen: list[int] = []
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async def parts() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            seen.append(ticks)
+            yield b"x" * 100
+
+    server = serve(reply(b"ok"))
+    async with client() as c, anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        response = await c.post(server.url, content=parts())
+        done.set()
+        assert response.text == "ok"
+        assert_pool_clean(c)
+    assert server.requests[0].body == b"x" * 2000
+    assert len(seen) == 20
+    # The ticker ran between parts (at least every other gap: trio may run it before the
+    # upload's task in one batch and after it in the next).
+    assert seen[-1] - seen[0] >= len(seen) // 2
