@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from .conftest import assert_pool_clean
-from .test_http11 import _ABANDONED_BODY, LINGER, Answer, ScriptedServer, client, reply
+from .test_http11 import _ABANDONED_BODY, HANG, LINGER, Answer, ScriptedServer, client, reply
 from .test_http11_hardening import HOST, _connection, _refused, _Stream
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +182,14 @@ async def test_http11_upload_from_a_source_that_never_awaits_lets_other_tasks_ru
     # The ticker ran between parts (at least every other gap: trio may run it before the
     # upload's task in one batch and after it in the next).
     assert seen[-1] - seen[0] >= len(seen) // 2
+
+
+@pytest.mark.parametrize("status", [b"100 Continue", b"103 Early Hints", b"204 No Content"])
+async def test_http11_invalid_transfer_encoding_refused_where_it_frames_nothing(
+    serve: Callable[..., ScriptedServer], status: bytes
+) -> None:
+    # As h11 checks: a 1xx or 204 has no body, but a Transfer-Encoding it carries must still
+    # be one this client could read (the Content-Length twin is in test_http11_hardening.py).
+    answer = b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: gzip\r\n\r\n" + reply(b"")
+    server = serve([answer, HANG], reply(b"recovered"))
+    await _refused(server, r"^Unsupported Transfer-Encoding: only chunked is supported$")
