@@ -6,9 +6,10 @@ head the line-by-line parser reads (bare LF line ends, obsolete folding) reaches
 goes back to the server; transfer codings split over two ``Transfer-Encoding`` lines are
 read as one list (and refused, as ``gzip, chunked`` on one line is); a connection whose
 upload the server cut short is not kept, even when its early answer does not say close; an
-upload from a source that never awaits lets other tasks run. A request refused on the traced
-path is checked on ``HTTP11Connection`` itself (no server would see it), as
-``tests/test_http11_hardening.py`` does for the plain path.
+upload from a source that never awaits lets other tasks run; informational heads are read up
+to MAX_HEAD_SIZE bytes in all, not one byte more; a 300 answer to CONNECT is no tunnel. A
+request refused on the traced path is checked on ``HTTP11Connection`` itself (no server
+would see it), as ``tests/test_http11_hardening.py`` does for the plain path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import anyio.lowlevel
 import httpcore
 import httpx
 import pytest
+
+from httpx_extensions import CONN_ID
+from httpx_extensions._http11 import MAX_HEAD_SIZE
 
 from .conftest import assert_pool_clean
 from .test_http11 import _ABANDONED_BODY, HANG, LINGER, Answer, ScriptedServer, client, reply
@@ -193,3 +197,42 @@ async def test_http11_invalid_transfer_encoding_refused_where_it_frames_nothing(
     answer = b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: gzip\r\n\r\n" + reply(b"")
     server = serve([answer, HANG], reply(b"recovered"))
     await _refused(server, r"^Unsupported Transfer-Encoding: only chunked is supported$")
+
+
+def _hints(size: int) -> bytes:
+    """A 103 Early Hints head of exactly ``size`` bytes (its blank line included)."""
+    start, end = b"HTTP/1.1 103 Early Hints\r\nLink: <", b">; rel=preload\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-byte-over"])
+async def test_http11_informational_bytes_bounded_at_max_head_size(
+    serve: Callable[..., ScriptedServer], extra: int
+) -> None:
+    # Informational heads of MAX_HEAD_SIZE bytes in all are read; one byte more is refused.
+    heads = _hints(60_000) + _hints(MAX_HEAD_SIZE - 60_000 + extra)
+    assert len(heads) == MAX_HEAD_SIZE + extra
+    server = serve(heads + reply(b"answer"), reply(b"recovered"))
+    if extra:
+        await _refused(server, r"^Informational \(1xx\) responses larger than 102400 bytes")
+        return
+    async with client() as c:
+        assert (await c.get(server.url)).text == "answer"
+        assert_pool_clean(c)
+
+
+async def test_http11_connect_answered_300_is_not_a_tunnel(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # Only a 2xx answer to CONNECT opens a tunnel (RFC 9110 9.3.6); a 300 is an ordinary
+    # response: its body is read and the connection stays in HTTP, reusable.
+    multiple = reply(b"choose", status=b"300 Multiple Choices")
+    server = serve(multiple, reply(b"next"))
+    async with client() as c:
+        response = await c.request("CONNECT", server.url)
+        assert (response.status_code, response.text) == (300, "choose")
+        again = await c.get(server.url)
+        assert again.text == "next"
+        assert again.extensions[CONN_ID] == response.extensions[CONN_ID]
+        assert_pool_clean(c)
+    assert [r.conn for r in server.requests] == [0, 0]
