@@ -7,9 +7,11 @@ goes back to the server; transfer codings split over two ``Transfer-Encoding`` l
 read as one list (and refused, as ``gzip, chunked`` on one line is); a connection whose
 upload the server cut short is not kept, even when its early answer does not say close; an
 upload from a source that never awaits lets other tasks run; informational heads are read up
-to MAX_HEAD_SIZE bytes in all, not one byte more; a 300 answer to CONNECT is no tunnel. A
-request refused on the traced path is checked on ``HTTP11Connection`` itself (no server
-would see it), as ``tests/test_http11_hardening.py`` does for the plain path.
+to MAX_HEAD_SIZE bytes in all, not one byte more; a 300 answer to CONNECT is no tunnel; a
+head that reaches MAX_HEAD_SIZE before its blank line arrives is read on. A request refused
+on the traced path and a connection turned into a tunnel are checked on ``HTTP11Connection``
+itself (no server would see the difference), as ``tests/test_http11_hardening.py`` does for
+the plain path.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from httpx_extensions import CONN_ID
 from httpx_extensions._http11 import MAX_HEAD_SIZE
 
 from .conftest import assert_pool_clean
-from .test_http11 import _ABANDONED_BODY, HANG, LINGER, Answer, ScriptedServer, client, reply
+from .test_http11 import _ABANDONED_BODY, CLOSE, HANG, LINGER, Answer, ScriptedServer, client, reply
 from .test_http11_hardening import HOST, _connection, _refused, _Stream
 
 pytestmark = pytest.mark.anyio
@@ -236,3 +238,30 @@ async def test_http11_connect_answered_300_is_not_a_tunnel(
         assert again.extensions[CONN_ID] == response.extensions[CONN_ID]
         assert_pool_clean(c)
     assert [r.conn for r in server.requests] == [0, 0]
+
+
+async def test_http11_head_of_exactly_max_head_size_read_across_a_pause(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # The head's first MAX_HEAD_SIZE bytes come, then (after a pause) its blank line: a head
+    # at the bound is read on, not refused for having reached it.
+    first = b"HTTP/1.1 200 OK\r\nX-Big: "
+    first += b"a" * (MAX_HEAD_SIZE - len(first))
+    server = serve([first, 0.2, b"\r\n\r\nhi", CLOSE], reply(b"recovered"))
+    async with client() as c:
+        response = await c.get(server.url)
+        assert (response.status_code, response.text) == (200, "hi")
+        assert len(response.headers["x-big"]) == MAX_HEAD_SIZE - 24
+        assert_pool_clean(c)
+
+
+async def test_http11_connect_tunnel_leaves_the_connection_unusable() -> None:
+    stream = _Stream(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    connection = _connection(stream)
+    head = await connection.send(b"CONNECT", b"example.com:443", [HOST], [], {})
+    assert head.status == 200
+    # Out of HTTP now: expired for the pool, never given another request.
+    assert connection.has_expired()
+    assert not connection.is_idle()
+    with pytest.raises(httpcore.ConnectionNotAvailable):
+        await connection.send(b"GET", b"/", [HOST], [], {})
