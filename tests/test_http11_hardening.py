@@ -671,6 +671,55 @@ async def test_http11_expired_connection_replaced_by_the_pool(
     assert [r.conn for r in server.requests] == [0, 0, 1]
 
 
+async def test_http11_connection_reused_at_exactly_its_expiry_not_after(
+    serve: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # keepalive_expiry is how long an idle connection stays usable: at exactly that age it
+    # still takes a request (as httpcore's `now > expire_at`); a moment later it does not.
+    clock = _FakeClock()
+    monkeypatch.setattr(http11, "_clock", clock)
+    server = serve(reply(b"one"), reply(b"two"), reply(b"three"))
+    async with client(limits=httpx.Limits(keepalive_expiry=60.0)) as c:
+        first = await c.get(server.url)  # read to its end at 1000.0: usable until 1060.0
+        clock.now = 1060.0
+        second = await c.get(server.url)
+        assert second.extensions[CONN_ID] == first.extensions[CONN_ID]
+        clock.now = 1120.0 + 1e-6  # just past the second response's 1000 + 60 + 60
+        third = await c.get(server.url)
+        assert third.extensions[CONN_ID] != first.extensions[CONN_ID]
+        assert_pool_clean(c)
+    assert [r.conn for r in server.requests] == [0, 0, 1]
+
+
+async def test_http11_connection_busy_past_its_old_expiry_is_not_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A connection taken just before it would have expired, then busy with a long response:
+    # the deadline of its idle time before this request no longer applies, and the next one
+    # counts from the end of the new response. Busy is never expired (the pool's
+    # ConnectionLike promise: a connection reported expired is closed, here under its reader).
+    clock = _FakeClock()
+    monkeypatch.setattr(http11, "_clock", clock)
+    stream = _Stream(reply(b"one"), reply(b"x" * 100_000))  # more than one read
+    connection = _connection(stream, keepalive_expiry=5.0)
+    head = await connection.send(b"GET", b"/", [HOST], [], {})
+    assert b"".join([part async for part in head.stream]) == b"one"  # idle until 1005.0
+    clock.now += 4.9
+    head = await connection.send(b"GET", b"/", [HOST], [], {})
+    body = head.stream.__aiter__()
+    first = await body.__anext__()
+    clock.now += 10.0  # 1014.9: past the old 1005.0, the body still coming
+    assert not connection.is_idle()
+    assert not connection.has_expired()
+    rest = b"".join([part async for part in body])
+    assert len(first + rest) == 100_000
+    assert connection.is_idle()
+    clock.now += 5.0  # 1019.9: the new expiry, from the end of the second response
+    assert not connection.has_expired()
+    clock.now += 0.1
+    assert connection.has_expired()
+
+
 # The rest of the connection's paths, each as a user would meet it.
 
 
