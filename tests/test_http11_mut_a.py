@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.cookiejar
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,8 +19,9 @@ import anyio.to_thread
 import httpcore
 import pytest
 
+from . import test_http11
 from .conftest import assert_pool_clean
-from .test_http11 import CLOSE, ECHO, HANG, Answer, ScriptedServer, client, reply
+from .test_http11 import CLOSE, ECHO, HANG, ScriptedServer, client, reply
 from .test_http11_hardening import HOST, _connection, _Stream
 
 pytestmark = pytest.mark.anyio
@@ -28,18 +29,8 @@ pytestmark = pytest.mark.anyio
 _LARGEST = 2**63 - 1
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-
-    def start(*answers: Answer, **kwargs: Any) -> ScriptedServer:
-        server = ScriptedServer(*answers, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+# The scripted server's fixture, shared with tests/test_http11.py.
+serve = test_http11.serve
 
 
 async def _first_bytes(server: ScriptedServer) -> tuple[int, bytes]:

@@ -16,7 +16,7 @@ the plain path.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio.lowlevel
@@ -27,25 +27,16 @@ import pytest
 from httpx_extensions import CONN_ID
 from httpx_extensions._http11 import MAX_HEAD_SIZE
 
+from . import test_http11
 from .conftest import assert_pool_clean
-from .test_http11 import _ABANDONED_BODY, CLOSE, HANG, LINGER, Answer, ScriptedServer, client, reply
+from .test_http11 import _ABANDONED_BODY, CLOSE, HANG, LINGER, ScriptedServer, client, reply
 from .test_http11_hardening import HOST, _connection, _refused, _Stream
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-
-    def start(*answers: Answer, **kwargs: Any) -> ScriptedServer:
-        server = ScriptedServer(*answers, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+# The scripted server's fixture, shared with tests/test_http11.py.
+serve = test_http11.serve
 
 
 @pytest.mark.parametrize(

@@ -28,23 +28,14 @@ from httpx_extensions._sync import _http11 as http11
 from httpx_extensions._sync._http11 import MAX_HEAD_SIZE, MAX_INFORMATIONAL, HTTP11Connection
 
 from ..conftest import assert_pool_clean
-from .test_http11 import CLOSE, HANG, Action, Answer, ScriptedServer, client, reply, split
+from . import test_http11
+from .test_http11 import CLOSE, HANG, Action, ScriptedServer, client, reply, split
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-
-    def start(*answers: Answer, **kwargs: Any) -> ScriptedServer:
-        server = ScriptedServer(*answers, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+# The scripted server's fixture, shared with tests/test_http11.py.
+serve = test_http11.serve
 
 
 def _refused(server: ScriptedServer, message: str) -> str:
