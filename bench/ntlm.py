@@ -3,7 +3,7 @@
 
 The endpoint is ``tests/servers/ntlm.py``'s ``IISLikeServer`` (a real pyspnego acceptor
 per TCP connection, IIS-style 401s with a body) running in its own process, with a user
-file of precomputed hashes (``store_hashes=True``). Two server modes:
+file of precomputed hashes (``store_hashes=True``), or a real Apache. Three server modes:
 
 * ``per-connection`` (IIS default): a connection stays authenticated after its handshake;
 * ``apache``: not ours but a real Apache 2.4 + mod_auth_gssapi + gss-ntlmssp
