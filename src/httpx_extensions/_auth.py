@@ -279,6 +279,16 @@ def _sync_do(item: _Call | _Abandon) -> Any:
     return None
 
 
+def _next_item(
+    handshake: Generator[_Item, Any, None], value: Any, error: Exception | None
+) -> _Item | None:
+    """The handshake's next item, ``value`` sent or ``error`` thrown in; None once it ended."""
+    try:
+        return handshake.send(value) if error is None else handshake.throw(error)
+    except StopIteration:
+        return None
+
+
 async def _async_advance(
     handshake: Generator[_Item, Any, None], result: httpx.Response | None
 ) -> httpx.Request | None:
@@ -287,11 +297,8 @@ async def _async_advance(
     value: Any = result
     error: Exception | None = None
     while True:
-        try:
-            item = handshake.send(value) if error is None else handshake.throw(error)
-        except StopIteration:
-            return None
-        if isinstance(item, httpx.Request):
+        item = _next_item(handshake, value, error)
+        if item is None or isinstance(item, httpx.Request):
             return item
         value, error = None, None
         try:
@@ -307,11 +314,8 @@ def _sync_advance(
     value: Any = result
     error: Exception | None = None
     while True:
-        try:
-            item = handshake.send(value) if error is None else handshake.throw(error)
-        except StopIteration:
-            return None
-        if isinstance(item, httpx.Request):
+        item = _next_item(handshake, value, error)
+        if item is None or isinstance(item, httpx.Request):
             return item
         value, error = None, None
         try:
