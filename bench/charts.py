@@ -66,6 +66,7 @@ COLOURS = {
     "httpx2": "#56B4E9",
     "aiohttp": "#009E73",
     "aiohttp-ntlm": "#009E73",
+    "aiohttp-ntlm-uvloop": "#009E73",
     "requests-ntlm": "#CC79A7",
     "httpx-sync": "#0072B2",
     "requests": "#CC79A7",

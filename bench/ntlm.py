@@ -19,6 +19,12 @@ Clients, each sending ``GET /`` and reading the full body:
 * ``requests-ntlm``  one requests.Session(auth=requests_ntlm.HttpNtlmAuth(...)) on
                      min(c, 16) threads, HTTPAdapter(pool_connections=pool_maxsize=threads)
 * ``aiohttp-ntlm``   aiohttp.ClientSession(middlewares=(aiohttp_ntlm.HttpNtlmAuthMiddleware(...),))
+* ``exclient-uvloop``, ``aiohttp-ntlm-uvloop``: the same two on uvloop's event loop
+
+The server process runs on a CPU of its own and the clients on the others (``--no-pin`` not
+to), as if on two machines; the IIS-like server runs on uvloop where it is installed. A row
+whose server process used 90% or more of its core measured the server, not the clients: the
+report marks it "server-bound" and judges the targets on the other rows.
 
 Rows: c = 1, 10, 50 with each library's default pool (httpx/ExClient 100 connections,
 aiohttp ``limit=100``), and ``50/10``: c = 50 through a 10-connection pool
@@ -73,7 +79,14 @@ CLIENTS = {
     "httpx-ntlm": "httpx.AsyncClient + httpx-ntlm",
     "requests-ntlm": "requests.Session + requests-ntlm",
     "aiohttp-ntlm": "aiohttp + aiohttp-ntlm",
+    "exclient-uvloop": "ExClient + NTLMAuth on uvloop",
+    "aiohttp-ntlm-uvloop": "aiohttp + aiohttp-ntlm on uvloop",
 }
+# The pairs compared in the ratio lines: (ours, theirs).
+PAIRS = (("exclient", "aiohttp-ntlm"), ("exclient-uvloop", "aiohttp-ntlm-uvloop"))
+# A run whose server process used at least this share of a core measured the server, not
+# the clients: its cell is marked "server-bound" and left out of the client comparison.
+SERVER_BOUND_PCT = 90.0
 # Server modes -> IISLikeServer's auth_per_request; "apache" is a real server instead.
 MODES = {"per-connection": False, "per-request": True, "apache": False}
 MODE_TITLES = {
@@ -159,10 +172,37 @@ class _ApacheStats:
         }
 
 
+def server_loop() -> str:
+    """The IIS-like server's default event loop: uvloop where it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def split_cpus(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(server CPUs, client CPUs) when *pin* and there are two or more usable CPUs: the
+    server gets the last one to itself and the clients the others, as if on two machines.
+    Unpinned, the scheduler sometimes put server and client on one core: the same cell
+    then ran at half the rate in one run of three (both clients alike)."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(usable) < 2:
+        return None
+    return {usable[-1]}, set(usable[:-1])
+
+
 def serve(argv: list[str]) -> int:
     """``ntlm.py serve``: IISLikeServer + a stats side channel; prints one JSON line."""
     p = argparse.ArgumentParser(prog="ntlm.py serve")
     p.add_argument("--mode", choices=list(MODES), default="per-connection")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default=server_loop(),
+        help="the IIS-like server's event loop (default: uvloop where installed, so the "
+        "pure-Python server is less of a bottleneck; Apache ignores it)",
+    )
     p.add_argument(
         "--user-file",
         type=Path,
@@ -187,6 +227,10 @@ def serve(argv: list[str]) -> int:
         apache = _ApacheStats(server)
         stats, reset = apache.stats, apache.reset
     else:
+        if args.loop == "uvloop":  # the server thread's asyncio.new_event_loop() is uvloop's
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         iis = IISLikeServer(user_file=args.user_file, auth_per_request=MODES[args.mode])
         server = iis
 
@@ -236,6 +280,7 @@ def serve(argv: list[str]) -> int:
             "url": server.url,
             "stats_url": f"http://127.0.0.1:{control.server_address[1]}/stats",
             "mode": args.mode,
+            "loop": None if args.mode == "apache" else args.loop,
             "pid": os.getpid(),
         }
         print(json.dumps(info), flush=True)
@@ -267,14 +312,18 @@ def serve(argv: list[str]) -> int:
 class ServerProcess:
     """``ntlm.py serve`` as a child process; use as a context manager."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, cpus: set[int] | None = None) -> None:
         self.mode = mode
+        self.cpus = cpus
         self.proc: subprocess.Popen | None = None
         self.info: dict = {}
 
     def __enter__(self) -> ServerProcess:
+        cpus = self.cpus
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "serve", "--mode", self.mode],
+            # Set before exec, so every thread of the server (and Apache, its child) has it.
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -483,7 +532,11 @@ async def _run_async(spec: dict, url: str) -> tuple[dict, dict]:
 
 def worker_main(spec: dict) -> None:
     url = spec["url"] + "/"
+    on_uvloop = spec["client"].endswith("-uvloop")
+    spec = {**spec, "client": spec["client"].removesuffix("-uvloop")}
     try:
+        if on_uvloop:
+            import uvloop
         if spec["client"] == "requests-ntlm":
             import requests_ntlm  # noqa: F401
         elif spec["client"] == "aiohttp-ntlm":
@@ -498,6 +551,10 @@ def worker_main(spec: dict) -> None:
     s0 = read_stats(spec["stats_url"], reset=True)
     if spec["client"] in ("requests-ntlm", "exsyncclient"):
         res, m = _run_requests(spec, url)
+    elif on_uvloop:
+        # asyncio.run(..., loop_factory=uvloop.new_event_loop) on Python >= 3.12.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            res, m = runner.run(_run_async(spec, url))
     else:
         res, m = asyncio.run(_run_async(spec, url))
     s1 = read_stats(spec["stats_url"])
@@ -609,8 +666,8 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
                     continue
                 parts = []
                 for other in cfg["clients"]:
-                    if other == "exclient":
-                        continue
+                    if other == "exclient" or other.endswith("-uvloop"):
+                        continue  # the uvloop pair has its own line below
                     a, b = rate(mode, row, "exclient"), rate(mode, row, other)
                     text = f"{CLIENTS[other]} {fmt_ratio(a, b)}"
                     if mode == "per-connection" and row == "50" and other in targets:
@@ -624,10 +681,12 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
                     else f"c={row_label(row)}, `{mode}`"
                 )
                 lines.append(f"- ExClient successful req/s ÷ peer's, {head}: " + "; ".join(parts))
+        lines += _pair_lines(cfg, res)
         ex_runs = [
             r["result"]
             for r in data["results"]
-            if r["client"] == "exclient" and "req_per_s" in (r.get("result") or {})
+            if r["client"] in ("exclient", "exclient-uvloop")
+            and "req_per_s" in (r.get("result") or {})
         ]
         ex_failed = sum(r["failed"] for r in ex_runs)
         ex_sent = sum(r["completed"] for r in ex_runs)
@@ -636,6 +695,58 @@ def build_report(data: dict) -> tuple[list[str], list[str], list[str]]:
             f"(target 0: {'met' if ex_failed == 0 else '**not met**'})"
         )
     return tables, lines, notes
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def server_bound(*cells: dict) -> bool:
+    """Whether the server, not the clients, set the pace of these cells: the median of a
+    cell's runs' server CPU reached SERVER_BOUND_PCT of a core."""
+    for cell in cells:
+        cpu = _median([r["server_cpu_pct"] for r in cell.get("runs") or [] if "req_per_s" in r])
+        if cpu is not None and cpu >= SERVER_BOUND_PCT:
+            return True
+    return False
+
+
+def _pair_lines(cfg: dict, res: dict) -> list[str]:
+    """Per mode and pair (ExClient / aiohttp-ntlm, on each loop): the ratio of the medians of
+    every row with each side's slowest and fastest run, server-bound rows marked; the
+    targets (issue 12: >= 1.2x on asyncio, >= 1.0x on uvloop) are judged on the other rows."""
+    lines: list[str] = []
+    for ours, theirs in PAIRS:
+        if ours not in cfg["clients"] or theirs not in cfg["clients"]:
+            continue
+        goal = 1.0 if ours.endswith("-uvloop") else 1.2
+        for mode in cfg["modes"]:
+            cells, missed, judged = [], [], 0
+            for row in cfg["rows"]:
+                a, b = res.get((mode, row, ours)) or {}, res.get((mode, row, theirs)) or {}
+                bound = server_bound(a, b)
+                where = f"c={row_label(row)}" + (" (server-bound)" if bound else "")
+                cells.append((where, a.get("runs") or [], b.get("runs") or []))
+                ra, rb = _common.median_rate(cells[-1][1]), _common.median_rate(cells[-1][2])
+                if bound or ra is None or rb is None:
+                    continue
+                judged += 1
+                if rb and ra / rb < goal:
+                    missed.append(row_label(row))
+            line = _common.spread_line(f"{CLIENTS[ours]} / {CLIENTS[theirs]}, `{mode}`", cells)
+            verdict = (
+                f"target ≥ {goal:g}x on the {judged} row{'s' if judged != 1 else ''} "
+                "not server-bound: "
+                + ("met" if not missed else "**not met** at " + "; ".join(missed))
+                if judged
+                else "every row server-bound: no verdict"
+            )
+            lines.append(f"{line} — {verdict}")
+    return lines
 
 
 def render_markdown(data: dict) -> str:
@@ -656,7 +767,18 @@ def render_markdown(data: dict) -> str:
         "one Session. Successful req/s = 200 responses / wall time. Failed = non-200 "
         "responses or exceptions. HTTP exchanges / request = requests the server received "
         "(every 401 leg included) / requests sent. TCP conns and handshakes are server "
-        "counters.",
+        "counters."
+        + (
+            f" The server process ran on CPU {', '.join(map(str, cfg['cpus']['server']))}, "
+            f"the clients on CPU {', '.join(map(str, cfg['cpus']['clients']))}."
+            if cfg.get("cpus")
+            else ""
+        )
+        + (
+            f" The IIS-like server's event loop: {cfg['server_loop']}."
+            if cfg.get("server_loop")
+            else ""
+        ),
         "",
     ]
     for table in tables:
@@ -672,8 +794,8 @@ def render_markdown(data: dict) -> str:
             "",
             "Server process CPU during the measured parts, at most: "
             + ", ".join(f"`{mode}` {pct:.0f}%" for mode, pct in peaks.items())
-            + " of one core (the IIS-like server is pure Python and, on 2 cores, competes "
-            "with the client; Apache is C).",
+            + " of one core (the IIS-like server is pure Python; Apache is C). Rows marked "
+            f"server-bound had a median server CPU of {SERVER_BOUND_PCT:g}% or more.",
         ]
     lines += _common.tail_lines({"results": []}, "result", "", notes)
     return "\n".join(lines)
@@ -690,7 +812,10 @@ mod_auth_gssapi + gss-ntlmssp (`tests/servers/apache.py`). Three server modes:
 `per-connection` (IIS default, a connection stays authenticated), `per-request`
 (`authPersistSingleRequest`, a handshake for every request) and `apache` (connection-bound,
 a C server that leaves the CPU to the clients; offers only `Negotiate`). Rows: c = 1, 10,
-50 with each library's default pool, and c = 50 through a 10-connection pool.
+50 with each library's default pool, c = 50 through a 10-connection pool, and the same with
+two and four identities. ExClient and aiohttp also run on uvloop. The server has a CPU of its
+own and the clients the other; the pure-Python IIS-like server runs on uvloop, and a row it
+saturates (90% of its core or more) is marked server-bound: it measures the server.
 
 How to run this suite alone, from the repository root:
 
@@ -759,6 +884,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="no further runs of a cell once its runs add up to this many seconds "
         "(default 10), nor after one hit the budget",
     )
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the server to one CPU and the clients to the others",
+    )
     args = p.parse_args(argv)
     quick = {"requests": 200, "slow_requests": 200, "max_seconds": 20.0, "repeat": 1}
     return SUITE.settle(p, args, quick, {"rows": ROWS, "modes": MODES, "clients": CLIENTS})
@@ -799,7 +929,8 @@ def measure(args: argparse.Namespace) -> int:
         "max_seconds": args.max_seconds,
         "timeout_s": TIMEOUT,
         "requests_threads_max": REQUESTS_THREADS_MAX,
-        "event_loop": "asyncio",
+        "event_loop": "asyncio; *-uvloop clients: uvloop",
+        "server_loop": server_loop(),
         "warmup": 0,
         "repeat": args.repeat,
         "repeat_seconds": args.repeat_seconds,
@@ -810,6 +941,10 @@ def measure(args: argparse.Namespace) -> int:
         "user_file": "store_hashes=True",
         "process": "separate",
     }
+    cpus = split_cpus(not args.no_pin)
+    cfg["cpus"] = None if cpus is None else {"server": sorted(cpus[0]), "clients": sorted(cpus[1])}
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus[1])  # the client workers inherit it
     data = _common.new_results("ntlm", cfg, server_facts, EXTRA_PACKAGES)
     cells = {
         (mode, row, name): {
@@ -831,7 +966,7 @@ def measure(args: argparse.Namespace) -> int:
 
     def loop(skipped: dict[str, str]) -> None:
         for mode in args.modes:
-            with ServerProcess(mode) as server:
+            with ServerProcess(mode, None if cpus is None else cpus[0]) as server:
                 print(f"{mode}: NTLM server at {server.info['url']}", file=sys.stderr, flush=True)
 
                 def run_cell(cell: dict, info: dict = server.info) -> dict:

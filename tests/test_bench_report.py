@@ -1,4 +1,5 @@
-"""bench/plain.py's report: the ratio lines the README's performance claims are read from.
+"""bench/plain.py's and bench/ntlm.py's reports: the ratio lines the README's performance claims
+are read from.
 
 The issue's targets are judged on medians and their spread, not on one lucky run, so the report
 states the ratio of the medians beside each side's slowest and fastest run.
@@ -7,6 +8,7 @@ states the ratio of the medians beside each side's slowest and fastest run.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +76,101 @@ def test_median_of_an_even_count_and_of_failed_runs(plain: ModuleType) -> None:
     assert common.median_rate([{"run_failed": "boom"}]) is None
     line = common.spread_line("A / B", [("c=1", [run(10)], [])])
     assert line.endswith("— c=1: n/a")
+
+
+# --- bench/ntlm.py: the same judgement per server mode, with server-bound rows set apart ---
+
+
+@pytest.fixture
+def ntlm(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.syspath_prepend(str(BENCH))
+    for name in ("ntlm", "_common"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield importlib.import_module("ntlm")
+    for name in ("ntlm", "_common"):
+        sys.modules.pop(name, None)
+
+
+def ntlm_run(rate: float, server_cpu: float) -> dict:
+    return {
+        "req_per_s": rate,
+        "server_cpu_pct": server_cpu,
+        "completed": 2000,
+        "failed": 0,
+        "kinds": {},
+        "stopped_early": False,
+        "exchanges_per_request": 1.01,
+        "conns_opened": 10,
+        "handshakes": 10,
+        "client_cpu_ms_per_1k": 90.0,
+        "server_errors": [],
+    }
+
+
+def ntlm_results(cells: dict[tuple[str, str], list[tuple[float, float]]]) -> dict:
+    """(row, client) -> runs as (req/s, server CPU %), all in the per-connection mode."""
+    clients = sorted({client for _, client in cells})
+    rows = sorted({row for row, _ in cells})
+    results = []
+    for (row, client), runs in cells.items():
+        runs_ = [ntlm_run(rate, cpu) for rate, cpu in runs]
+        results.append(
+            {
+                "client": client,
+                "mode": "per-connection",
+                "row": row,
+                "requests": 2000,
+                "max_seconds": 60,
+                "runs": runs_,
+                "result": max(runs_, key=lambda r: r["req_per_s"]),
+            }
+        )
+    cfg = {"modes": ["per-connection"], "rows": rows, "clients": clients, "requests": 2000}
+    return {"config": cfg, "results": results}
+
+
+def test_ntlm_rows_that_the_server_saturates_are_marked_and_not_judged(ntlm: ModuleType) -> None:
+    data = ntlm_results(
+        {
+            # c=10: the server at 95% of a core in most runs: it set the pace, not the client.
+            ("10", "exclient"): [(8000, 96), (8100, 95), (4000, 50)],
+            ("10", "aiohttp-ntlm"): [(8000, 97), (7900, 96), (4100, 52)],
+            # c=1: client-bound; ExClient 1.5x.
+            ("1", "exclient"): [(3000, 40), (3100, 41), (2900, 40)],
+            ("1", "aiohttp-ntlm"): [(2000, 30), (2100, 31), (1900, 29)],
+        }
+    )
+    _, lines, _ = ntlm.build_report(data)
+    [line] = [x for x in lines if "median" in x]
+    assert "c=1: 1.50x (2,900-3,100 / 1,900-2,100)" in line
+    assert "c=10 (server-bound): 1.01x" in line
+    assert "target ≥ 1.2x on the 1 row not server-bound: met" in line
+
+
+def test_ntlm_a_row_under_target_is_named_on_each_loop(ntlm: ModuleType) -> None:
+    data = ntlm_results(
+        {
+            ("1", "exclient"): [(3000, 40), (3300, 41), (2200, 40)],
+            ("1", "aiohttp-ntlm"): [(2800, 30), (2700, 31), (2900, 29)],  # 1.07x: under 1.2x
+            ("1", "exclient-uvloop"): [(3000, 40)],
+            ("1", "aiohttp-ntlm-uvloop"): [(2800, 30)],  # 1.07x: over uvloop's 1.0x
+        }
+    )
+    _, lines, _ = ntlm.build_report(data)
+    asyncio_line, uvloop_line = (x for x in lines if "median" in x)
+    assert asyncio_line.startswith("- ExClient + NTLMAuth / aiohttp + aiohttp-ntlm,")
+    assert asyncio_line.endswith("target ≥ 1.2x on the 1 row not server-bound: **not met** at 1")
+    assert "on uvloop" in uvloop_line
+    assert uvloop_line.endswith("target ≥ 1x on the 1 row not server-bound: met")
+
+
+def test_ntlm_pins_the_server_apart_from_the_clients(ntlm: ModuleType) -> None:
+    usable = sorted(os.sched_getaffinity(0))
+    split = ntlm.split_cpus(True)
+    if len(usable) < 2:
+        assert split is None
+        return
+    server, clients = split
+    assert server == {usable[-1]}
+    assert clients == set(usable[:-1])
+    assert ntlm.split_cpus(False) is None
