@@ -174,3 +174,33 @@ def test_ntlm_pins_the_server_apart_from_the_clients(ntlm: ModuleType) -> None:
     assert server == {usable[-1]}
     assert clients == set(usable[:-1])
     assert ntlm.split_cpus(False) is None
+
+
+# --- bench/breakdown.py: the profile's groups ---
+
+
+def test_breakdown_groups_code_by_package_and_our_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.delitem(sys.modules, "breakdown", raising=False)
+    breakdown = importlib.import_module("breakdown")
+    site = "/venv/lib/python3.11/site-packages"
+    assert breakdown.group("~") == "C functions"
+    assert breakdown.group("/src/httpx_extensions/_pool.py") == "httpx_extensions._pool"
+    assert breakdown.group("/src/httpx_extensions/_cli/_app.py") == "httpx_extensions._cli"
+    assert breakdown.group(f"{site}/httpx/_models.py") == "httpx"
+    assert breakdown.group(f"{site}/aiohttp/client.py") == "aiohttp"
+    assert breakdown.group("/usr/lib/python3.11/asyncio/events.py") == "stdlib asyncio"
+    assert breakdown.group("/usr/lib/python3.11/selectors.py") == "stdlib selectors"
+    assert breakdown.group("/usr/lib/python3.11/functools.py") == "other Python"
+    table = breakdown.render(
+        "now exclient",
+        {
+            "us_per_request": {"httpx": 30.0, "C functions": 70.0},
+            "calls_per_request": {"httpx": 18.0, "C functions": 129.0},
+        },
+    )
+    assert table.splitlines()[0] == "now exclient: 100 us profiled CPU and 147 calls per request"
+    assert table.splitlines()[-2:] == [
+        "| C functions | 70.0 | 70% | 129 |",
+        "| httpx | 30.0 | 30% | 18 |",
+    ]
