@@ -710,7 +710,12 @@ class Suite:
         p.add_argument(
             "--out", type=Path, help=f"results JSON (default bench/results/{self.name}.json)"
         )
-        p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+        p.add_argument(
+            "--no-readme",
+            action="store_true",
+            help="do not rewrite the README section, nor (without --out) the tracked results: "
+            f"they go to bench/results/{self.name}.raw.json, which git ignores",
+        )
         p.add_argument(
             "--render",
             action="store_true",
@@ -736,6 +741,8 @@ class Suite:
                 setattr(args, key, value)
             args.out = args.out or RESULTS / f"{self.name}.quick.raw.json"
             args.no_readme = True
+        if args.no_readme and args.out is None and not args.render:
+            args.out = RESULTS / f"{self.name}.raw.json"  # a trial run leaves the tracked file
         args.out = args.out or self.results_json
         for attr, allowed in choices.items():
             got = [x.strip().lower() for x in getattr(args, attr).split(",") if x.strip()]

@@ -172,7 +172,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--clients", default=",".join(CLIENTS))
     p.add_argument("--connections", type=int, default=500, help="idle connections (500)")
     p.add_argument("--repeat", type=int, default=3, help="rate runs per cell, best kept (3)")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
+    p.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="do not rewrite bench/README.md nor bench/results/scale.json (the results go to "
+        "bench/results/scale.raw.json, which git ignores)",
+    )
     p.add_argument("--check-args", action="store_true", help="check the options and exit")
     args = p.parse_args(argv)
     if args.check_args:
@@ -204,7 +209,7 @@ def main(argv: list[str]) -> int:
                 results[name][key + "_runs"] = runs
             print(f"{name}: {json.dumps(results[name], default=str)[:300]}", file=sys.stderr)
     data["results"] = results
-    out = _common.RESULTS / "scale.json"
+    out = _common.RESULTS / ("scale.raw.json" if args.no_readme else "scale.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     text = render(data)

@@ -315,6 +315,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.runs = min(args.runs, 5)
         args.out = args.out or _common.RESULTS / f"{NAME}.quick.raw.json"
         args.no_readme = True
+    if args.no_readme and args.out is None and not args.render:
+        args.out = _common.RESULTS / f"{NAME}.raw.json"  # a trial run leaves the tracked file
     args.out = args.out or _common.RESULTS / f"{NAME}.json"
     return args
 

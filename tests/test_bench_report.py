@@ -204,3 +204,11 @@ def test_breakdown_groups_code_by_package_and_our_modules(monkeypatch: pytest.Mo
         "| C functions | 70.0 | 70% | 129 |",
         "| httpx | 30.0 | 30% | 18 |",
     ]
+
+
+def test_ntlm_a_trial_run_leaves_the_tracked_results_alone(ntlm: ModuleType) -> None:
+    # --no-readme is a trial run: the README and bench/results/ntlm.json stay as committed.
+    assert ntlm.parse_args(["--no-readme"]).out.name == "ntlm.raw.json"
+    assert ntlm.parse_args([]).out.name == "ntlm.json"
+    assert ntlm.parse_args(["--render", "--no-readme"]).out.name == "ntlm.json"  # reads it
+    assert ntlm.parse_args(["--no-readme", "--out", "x.json"]).out.name == "x.json"
