@@ -21,7 +21,8 @@ import httpcore
 import httpx
 import pytest
 
-from httpx_extensions import ConnectionState, ExSyncClient, NTLMAuth, PoolTimeout
+from httpx_extensions import CONN_ID, ConnectionState, ExSyncClient, NTLMAuth, PoolTimeout
+from httpx_extensions._sync import _pool as sync_pool
 from httpx_extensions._sync._pool import ConnectionPool, PooledConnection, _Waiter
 
 from .conftest import assert_pool_clean
@@ -82,7 +83,11 @@ class Waiting(threading.Thread):
         self.conn = self.pool.acquire(REQUEST, A, partition=self.partition)
 
 
-def test_sync_pool_thread_that_frees_a_connection_gets_it_back_for_its_next_request() -> None:
+def test_sync_pool_thread_that_frees_a_connection_gets_it_back_for_its_next_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Asked for again within the parking bound, however slowly this machine runs the test.
+    monkeypatch.setattr(sync_pool, "PARK_BOUND", 3600.0)
     pool = Pool(max_connections=2)
     alice = pool.acquire(REQUEST, A, partition="alice")
     bob = pool.acquire(REQUEST, A, partition="bob")
@@ -187,6 +192,52 @@ def test_sync_client_interleaved_identities_keep_their_connections(
     assert failed == []
     assert wrong == []
     # Closing a freed connection for the oldest waiter's identity opened one (and ran a
-    # handshake) for about 1 request in 6 here; parking it for its own identity keeps that
-    # to about one per connection.
-    assert iis.connections_opened <= 2 * connections, iis.connections_opened
+    # handshake) for about 1 request in 6 here (47-117 of 400 with no parking); parking it
+    # for its own identity keeps that to about one per connection (10-24 of 400 for 2 x 10,
+    # 4-9 for 4 x 4, on a loaded machine: a thread preempted for over PARK_BOUND between
+    # two requests finds its connection given away).
+    assert iis.connections_opened < n // 12, iis.connections_opened
+
+
+def test_sync_client_caller_holding_its_keys_only_connection_gets_a_slot(
+    iis: IISLikeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection parked for its key that nobody of the key claims goes, after the bound, to
+    # the oldest waiter, even when that waiter's key's only connection is its own caller's
+    # (tests/test_pool_park.py has the async twin).
+    alice, bob = (NTLMAuth(f"{d}\\{u}", p) for d, u, p in USERS[:2])
+    url = iis.url + "/data"
+    with ExSyncClient(
+        limits=httpx.Limits(max_connections=2), timeout=httpx.Timeout(10.0)
+    ) as client:
+        pool = client._transport.pool  # type: ignore[attr-defined]
+        queued = threading.Event()
+        enqueue = pool._enqueue
+
+        def signal(waiter: _Waiter) -> None:
+            enqueue(waiter)
+            queued.set()
+
+        monkeypatch.setattr(pool, "_enqueue", signal)
+        alice_open = threading.Event()
+        alice_conn: list[int] = []
+
+        def alice_streams_until_bob_waits() -> None:
+            with client.stream("GET", url, auth=alice) as response:
+                alice_conn.append(response.extensions[CONN_ID])
+                alice_open.set()
+                queued.wait()
+            # Closed: its connection frees while bob waits, and nobody of alice asks again.
+
+        with client.stream("GET", url, auth=bob) as first:  # bob's only connection
+            other = threading.Thread(target=alice_streams_until_bob_waits)
+            other.start()
+            alice_open.wait()
+            # The pool is full: this thread waits while it holds bob's only connection.
+            second = client.get(url, auth=bob)
+            other.join()
+            assert (second.status_code, second.json()["user"]) == (200, "EXAMPLE\\bob")
+            assert second.extensions[CONN_ID] not in (first.extensions[CONN_ID], alice_conn[0])
+            assert alice_conn[0] not in {info.conn_id for info in client.connections}
+        assert_pool_clean(client)  # type: ignore[arg-type]
+    assert iis.connections_opened == 3  # alice's connection closed, one opened for bob

@@ -124,6 +124,15 @@ _conn_ids = itertools.count(1)
 #: oldest waiter wants another key (origin or identity); see ConnectionPool._free.
 MAX_BYPASSES = 128
 
+#: Seconds a connection parked for its own key (ConnectionPool._free) may stay unclaimed while
+#: others wait; then it is closed and its slot goes to the oldest waiter (_unpark). Parking
+#: pays when the caller that freed it asks again at once: a task within a few turns of the
+#: event loop, a thread within a few GIL switch intervals (5 ms each) when it is preempted.
+#: It costs a waiter whose key's connections do not come back (its own caller holds them) at
+#: most this much: about what the close-and-reopen it saves costs on a real network (a TCP
+#: connect and a two-leg NTLM handshake: three round trips of a few ms).
+PARK_BOUND = 0.02
+
 
 def _origin_str(origin: httpcore2.Origin) -> str:
     return f"{origin.scheme.decode('ascii')}://{origin.host.decode('ascii')}:{origin.port}"
@@ -353,6 +362,9 @@ class ConnectionPool:
         # Open connections (any state but CLOSED) per key: does a waiter's key have one that
         # will come back to the pool (_free)?
         self._open_by_key: dict[PoolKey, int] = {}
+        # The waiter that wakes at the oldest parked connection's PARK_BOUND, while
+        # connections are parked and requests wait (_watch, _arm, _unpark).
+        self._watcher: _Waiter | None = None
         self._deadlines: Deadlines | None = None
         self._closed = False
         # Every decision (which connection, which waiter, what to close) is made under this
@@ -587,8 +599,27 @@ class ConnectionPool:
             logger.debug("opened conn_id %s to %s", conn.conn_id, _origin_str(conn.origin))
 
     async def _wait(self, waiter: _Waiter, deadline: float | None) -> PooledConnection | None:
+        # Until woken with a connection (or a slot). A nudge (_watch) or the parking bound
+        # ends a wait early: the waiter looks again at what to wait for (_arm).
+        at, parked = deadline, False
         try:
-            await waiter.wait(deadline, self._deadlines_on, self._clock)
+            while True:
+                try:
+                    await waiter.wait(at, self._deadlines_on, self._clock)
+                except TimeoutError:
+                    if not parked:  # its own deadline
+                        raise
+                    to_close = self._unpark()
+                    if to_close:
+                        await close_all(to_close)
+                else:
+                    if waiter.woken:
+                        break
+                with self._lock:
+                    if waiter.woken:
+                        break
+                    waiter.rearm()
+                    at, parked = self._arm(waiter, deadline)
         except BaseException as exc:
             with self._lock:
                 woken = waiter.woken
@@ -606,6 +637,48 @@ class ConnectionPool:
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
+
+    def _arm(self, waiter: _Waiter, deadline: float | None) -> tuple[float | None, bool]:
+        """When ``waiter`` wakes next: at its deadline, or, if it is the watcher, at the oldest
+        parked connection's bound when that comes first (then True)."""
+        if waiter is self._watcher:
+            if self._idle_by_age:
+                # Every IDLE connection is parked while requests wait: a request that
+                # finds the pool full closes an idle one rather than queue (_pick) while
+                # nobody waits yet. The oldest is the first to reach its bound.
+                bound = next(iter(self._idle_by_age)).idle_since + PARK_BOUND
+                if deadline is None or bound < deadline:
+                    return bound, True
+            else:  # every parked connection was claimed: nothing to watch
+                self._watcher = None
+        return deadline, False
+
+    def _watch(self) -> None:
+        """While connections are parked and requests wait, one waiter keeps the time.
+
+        Called where that starts (a park in _free) and where the watcher leaves (_dequeue). A
+        request that queues finds a watcher already, or nothing parked: with nobody queued, a
+        request that finds the pool full closes an idle connection rather than wait (_pick).
+        """
+        if self._watcher is None and self._waiters and self._idle_by_age:
+            # The youngest: FIFO serves it last, so the role seldom moves.
+            watcher = self._watcher = next(reversed(self._waiters))
+            watcher.nudge()  # it may be waiting for its own deadline only
+
+    def _unpark(self) -> list[ConnectionLike]:
+        """Close the parked connections nobody of their key claimed within PARK_BOUND: each
+        slot goes to the oldest waiter, as it would without parking (_free)."""
+        to_close: list[ConnectionLike] = []
+        with self._lock:
+            limit = self._clock() - PARK_BOUND
+            while self._waiters and self._idle_by_age:
+                conn = next(iter(self._idle_by_age))
+                if conn.idle_since > limit:
+                    break
+                self._remove_idle(conn)
+                self._drop(conn, to_close)
+                self._grant_slots()
+        return to_close
 
     def _deadlines_on(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
         # Pool timeouts of every queued request share one timer (see Deadlines).
@@ -628,6 +701,9 @@ class ConnectionPool:
         del same[waiter]
         if not same:
             del self._waiters_by_key[waiter.key]
+        if waiter is self._watcher:  # served or gone: another keeps the time
+            self._watcher = None
+            self._watch()
 
     def _pop_oldest(self) -> _Waiter:
         waiter = next(iter(self._waiters))
@@ -773,8 +849,12 @@ class ConnectionPool:
                 # park it IDLE for its key, counted as one more pass over the oldest: after
                 # MAX_BYPASSES, or when its key has no connection left, the oldest gets the
                 # slot as below. Newcomers of other keys queue rather than evict it (_pick).
+                # But the oldest's connections need not come back (its own caller may hold
+                # them while it waits): unclaimed for PARK_BOUND, the slot is the oldest's
+                # all the same (_watch, _unpark).
                 self._bypasses += 1
                 self._park(conn, to_close)
+                self._watch()
                 return
             # Nobody can use it, or the oldest has waited its share: it gets the slot.
             self._dequeue(oldest)
