@@ -59,7 +59,10 @@ slot. When no waiter of the freed connection's key is queued but the oldest wait
 connections of its own open, the freed one is parked IDLE for its key instead (one more pass
 over the oldest): a thread issues its next request right after the last, too late to be queued,
 and closing the connection only to reopen one of its key moments later churned. Newcomers of
-other keys queue behind the waiters rather than close a parked connection. Strict FIFO across
+other keys queue behind the waiters rather than close a parked connection. Unclaimed for
+``PARK_BOUND``, a parked connection is closed and the oldest waiter gets its slot after all
+(one waiter, the watcher, wakes for that: its caller may hold the oldest's connections itself,
+and those never come back while it waits). Strict FIFO across
 keys closed and reopened a connection on nearly every hand-off when two identities shared a
 pool; the bound keeps every waiter's extra wait finite.
 
