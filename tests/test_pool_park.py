@@ -200,6 +200,35 @@ async def test_pool_park_connection_claimed_within_the_bound_stays_open(
     assert h.pool._watcher is None
 
 
+async def test_pool_park_watcher_gives_up_at_its_own_deadline_before_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_pool, "PARK_BOUND", 3600.0)
+    h = Harness(max_connections=2)
+    alice = await h.acquire(A, partition="alice")
+    bob = await h.acquire(A, partition="bob")
+    errors: list[BaseException] = []
+    gave_up = anyio.Event()
+
+    async def bob_2() -> None:
+        try:
+            await h.acquire(A, partition="bob", timeout=0.2)
+        except _pool.PoolTimeout as exc:
+            errors.append(exc)
+        gave_up.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bob_2)
+        while h.pool.waiting == 0:
+            await anyio.lowlevel.checkpoint()
+        await h.pool.release(alice)  # parked; bob-2 keeps its bound, an hour away
+        await gave_up.wait()  # its own pool timeout still ends its wait
+    assert len(errors) == 1
+    assert h.pool._watcher is None
+    assert [i.state for i in h.pool.connections] == [ConnectionState.IDLE, ConnectionState.ACTIVE]
+    await h.pool.release(bob)
+
+
 # The re-armable wake-up of one waiter.
 
 

@@ -128,9 +128,8 @@ class AsyncWakeUp:
         """Undo a :meth:`nudge` or a timeout so that the next :meth:`wait` waits. Call it
         where :meth:`wake` cannot run meanwhile (the pool's lock), after checking it has not."""
         future = self._future
-        if future is not None:
-            if future.done():  # nudged, or failed by its deadline: spent either way
-                self._future = future.get_loop().create_future()
+        if future is not None:  # nudged, or failed by its deadline: spent either way
+            self._future = future.get_loop().create_future()
         elif self._nudged:
             self._event = anyio.Event()
         self._nudged = False

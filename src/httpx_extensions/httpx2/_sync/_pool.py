@@ -644,7 +644,9 @@ class ConnectionPool:
     def _arm(self, waiter: _Waiter, deadline: float | None) -> tuple[float | None, bool]:
         """When ``waiter`` wakes next: at its deadline, or, if it is the watcher, at the oldest
         parked connection's bound when that comes first (then True)."""
-        if waiter is self._watcher:
+        # Only the watcher is nudged or wakes at a bound, and it keeps the role until it
+        # leaves the queue or finds nothing parked (below): a woken waiter does not get here.
+        if waiter is self._watcher:  # pragma: no branch - see above
             if self._idle_by_age:
                 # Every IDLE connection is parked while requests wait: a request that
                 # finds the pool full closes an idle one rather than queue (_pick) while
