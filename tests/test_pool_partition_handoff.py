@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from httpx_extensions import ExClient, NTLMAuth, _pool
-from httpx_extensions._pool import PooledConnection
+from httpx_extensions._pool import ConnectionState, PooledConnection
 
 from .conftest import assert_pool_clean
 from .servers import IISLikeServer, write_user_file
@@ -57,8 +57,10 @@ class _Queue:
     async def free_next(self, conn: PooledConnection) -> tuple[str, PooledConnection]:
         """Release ``conn`` and return whoever was served because of it."""
         count = len(self.served)
+        waiting = self.h.pool.waiting
         self._changed = anyio.Event()
         await self.h.pool.release(conn)
+        assert self.h.pool.waiting == waiting - 1  # handed over in the release itself
         await self._changed.wait()
         assert len(self.served) == count + 1  # exactly one waiter served per freed connection
         return self.served[-1]
@@ -165,6 +167,122 @@ async def test_pool_forgotten_waiter_leaves_its_partition_queue() -> None:
     await h.pool.release(conn)
     assert h.pool._waiters_by_key == {}
     assert [info.state for info in h.pool.connections] == [_pool.ConnectionState.IDLE]
+
+
+# Parking: a freed connection that no waiter of its key wants, while the oldest waiter's key
+# still has connections of its own that will come back to it.
+
+
+async def test_pool_freed_connection_is_parked_when_the_oldest_waiters_key_has_one() -> None:
+    h = Harness(max_connections=2)
+    alice = await h.acquire(A, partition="alice")
+    bob = await h.acquire(A, partition="bob")
+    queue = _Queue(h)
+    async with anyio.create_task_group() as tg:
+        await queue.add(tg, "bob-2", "bob")
+        await h.pool.release(alice)  # nobody of alice waits; bob has a connection in flight
+        assert queue.served == []
+        assert [(i.partition, i.state) for i in h.pool.connections] == [
+            ("alice", ConnectionState.IDLE),
+            ("bob", ConnectionState.ACTIVE),
+        ]
+        # The next alice request (the caller that freed it, as a thread does) finds it.
+        again = await h.acquire(A, partition="alice", timeout=0)
+        assert again is alice
+        name, conn = await queue.free_next(bob)  # bob's own connection comes back to bob-2
+        assert (name, conn) == ("bob-2", bob)
+        await h.pool.release(conn)
+        await h.pool.release(again)
+    assert len(h.opened) == 2  # no connection closed to open one for another identity
+    assert not any(c.closed for c in h.opened)
+    assert {i.state for i in h.pool.connections} == {ConnectionState.IDLE}
+    await h.pool.aclose()
+    assert h.pool._open_by_key == {}  # keys are forgotten with their last connection
+
+
+async def test_pool_newcomer_queues_behind_a_waiter_rather_than_evict_a_parked_connection() -> None:
+    h = Harness(max_connections=2)
+    alice = await h.acquire(A, partition="alice")
+    bob = await h.acquire(A, partition="bob")
+    queue = _Queue(h)
+    async with anyio.create_task_group() as tg:
+        await queue.add(tg, "bob-2", "bob")
+        await h.pool.release(alice)  # parked
+        # carol neither jumps bob-2 nor closes alice's connection: it queues (and here
+        # gives up at once).
+        with pytest.raises(_pool.PoolTimeout):
+            await h.acquire(A, partition="carol", timeout=0)
+        assert [i.state for i in h.pool.connections] == [
+            ConnectionState.IDLE,
+            ConnectionState.ACTIVE,
+        ]
+        name, conn = await queue.free_next(bob)
+        assert name == "bob-2"
+        await h.pool.release(conn)
+    assert len(h.opened) == 2
+
+
+async def test_pool_parking_counts_against_the_oldest_waiters_bypasses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_pool, "MAX_BYPASSES", 2)
+    h = Harness(max_connections=3)
+    alice = [await h.acquire(A, partition="alice") for _ in range(2)]
+    bob = await h.acquire(A, partition="bob")
+    queue = _Queue(h)
+    async with anyio.create_task_group() as tg:
+        await queue.add(tg, "bob-2", "bob")
+        await h.pool.release(alice[0])  # parked: bob passed over once
+        alice[0] = await h.acquire(A, partition="alice", timeout=0)
+        await h.pool.release(alice[0])  # parked again: twice
+        name, conn = await queue.free_next(alice[1])  # bob's share is used up: its slot
+        assert name == "bob-2"
+        assert conn.partition == "bob"
+        assert conn is not bob
+        await h.pool.release(conn)
+        await h.pool.release(bob)
+    assert [c.closed for c in h.opened] == [False, True, False, False]
+
+
+async def test_pool_parked_connection_over_the_keepalive_bound_makes_room_for_a_waiter() -> None:
+    h = Harness(max_connections=3, max_keepalive_connections=1)
+    alice = [await h.acquire(A, partition="alice") for _ in range(2)]
+    bob = await h.acquire(A, partition="bob")
+    queue = _Queue(h)
+    async with anyio.create_task_group() as tg:
+        await queue.add(tg, "bob-2", "bob")
+        await h.pool.release(alice[0])  # parked
+        await h.pool.release(alice[1])  # parked too: one idle too many, the older one closes
+        assert h.pool.waiting == 0  # and bob-2 has its slot at once
+        await queue._changed.wait()
+        name, conn = queue.served[-1]
+        assert (name, conn.partition) == ("bob-2", "bob")
+        assert [c.closed for c in h.opened] == [True, False, False, False]
+        await h.pool.release(conn)
+        await h.pool.release(bob)
+
+
+async def test_pool_parked_connection_that_expires_makes_room_for_the_oldest_waiter() -> None:
+    now = [0.0]
+    h = Harness(max_connections=2, keepalive_expiry=5.0, clock=lambda: now[0])
+    alice = await h.acquire(A, partition="alice")
+    bob = await h.acquire(A, partition="bob")
+    queue = _Queue(h)
+    async with anyio.create_task_group() as tg:
+        await queue.add(tg, "bob-2", "bob")
+        await h.pool.release(alice)  # parked
+        now[0] += 5.0  # the pool's clock, not a sleep
+        # A newcomer's pick closes the expired connection; the slot goes to bob-2, who has
+        # waited longer, and the newcomer queues (here: gives up at once).
+        with pytest.raises(_pool.PoolTimeout):
+            await h.acquire(A, partition="carol", timeout=0)
+        await queue._changed.wait()
+        name, conn = queue.served[-1]
+        assert (name, conn.partition) == ("bob-2", "bob")
+        await h.pool.release(conn)
+        await h.pool.release(bob)
+    assert h.opened[0].closed
+    assert [i.partition for i in h.pool.connections] == ["bob", "bob"]
 
 
 # Through the client, against the IIS-like server: identities chosen at random per request.

@@ -13,7 +13,9 @@ primitive              async                                       sync
                        does no I/O is atomic already               decisions, one thread at a time
 ``*WakeUp``            a future (asyncio; its timeout kept by the  a ``threading.Event`` per
                        loop's shared ``Deadlines``), an anyio      waiter: exactly one woken per
-                       Event elsewhere (trio)                      freed connection
+                       Event elsewhere (trio); re-armable: a       freed connection; re-armable:
+                       nudge ends a wait, a new future or Event    a nudge sets it, rearm clears
+                       waits again                                 it
 ``*_shield()``         anyio's shielded cancel scope               nothing to shield from
 ``*_checkpoint()``     let the loop run (anyio checkpoint)         nothing to do
 ``*_run_blocking()``   in a worker thread (anyio.to_thread)        inline: we are a thread
@@ -88,7 +90,7 @@ class AsyncWakeUp:
     (trio) it uses anyio's primitives.
     """
 
-    __slots__ = ("_event", "_future")
+    __slots__ = ("_event", "_future", "_nudged")
 
     def __init__(self) -> None:
         try:
@@ -97,18 +99,38 @@ class AsyncWakeUp:
             loop = None
         self._future: asyncio.Future[None] | None = None
         self._event: anyio.Event | None = None
+        self._nudged = False
         if loop is not None:
             self._future = loop.create_future()
         else:
             self._event = anyio.Event()
 
     def wake(self) -> None:
+        self._set()
+
+    def nudge(self) -> None:
+        """End the current (or next) :meth:`wait` early, without waking for good: the waiter
+        looks again at what it waits for, calls :meth:`rearm` and waits again."""
+        self._nudged = True
+        self._set()  # not wake(): a subclass's wake() means "for good"
+
+    def _set(self) -> None:
         if self._future is not None:
             if not self._future.done():
                 self._future.set_result(None)
         else:
             assert self._event is not None
             self._event.set()
+
+    def rearm(self) -> None:
+        """Undo a :meth:`nudge` or a timeout so that the next :meth:`wait` waits. Call it
+        where :meth:`wake` cannot run meanwhile (the pool's lock), after checking it has not."""
+        future = self._future
+        if future is not None:  # nudged, or failed by its deadline: spent either way
+            self._future = future.get_loop().create_future()
+        elif self._nudged:
+            self._event = anyio.Event()
+        self._nudged = False
 
     async def wait(
         self,
@@ -146,13 +168,25 @@ class SyncWakeUp:
     """The wake-up of one waiting thread: its own ``threading.Event``, so a freed connection
     wakes exactly the one thread it is handed to (a shared Condition would wake them all)."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "_nudged")
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._nudged = False
 
     def wake(self) -> None:
         self._event.set()
+
+    def nudge(self) -> None:
+        """End the current (or next) :meth:`wait` early (see the async twin)."""
+        self._nudged = True
+        self._event.set()
+
+    def rearm(self) -> None:
+        """Undo a :meth:`nudge`; under the lock that every :meth:`wake` is called under."""
+        if self._nudged:
+            self._nudged = False
+            self._event.clear()
 
     def wait(
         self,

@@ -55,8 +55,16 @@ queue FIFO per key. A freed connection goes to the oldest waiter of its own key;
 oldest waiter of all wants another key (origin or identity), a younger waiter of the freed
 connection's key may go first, at most ``MAX_BYPASSES`` times while that oldest waiter waits;
 after that (or when nobody can use it) the connection is closed and the oldest waiter gets its
-slot. Strict FIFO across keys closed and reopened a connection on nearly every hand-off when
-two identities shared a pool; the bound keeps every waiter's extra wait finite.
+slot. When no waiter of the freed connection's key is queued but the oldest waiter's key has
+connections of its own open, the freed one is parked IDLE for its key instead (one more pass
+over the oldest): a thread issues its next request right after the last, too late to be queued,
+and closing the connection only to reopen one of its key moments later churned. Newcomers of
+other keys queue behind the waiters rather than close a parked connection. Unclaimed for
+``PARK_BOUND``, a parked connection is closed and the oldest waiter gets its slot after all
+(one waiter, the watcher, wakes for that: its caller may hold the oldest's connections itself,
+and those never come back while it waits). Strict FIFO across
+keys closed and reopened a connection on nearly every hand-off when two identities shared a
+pool; the bound keeps every waiter's extra wait finite.
 
 A flow that holds a reservation and needs a connection for another key in a full pool gives
 up (closes) its own reservation rather than waiting for one forever; so flows cannot deadlock
@@ -118,6 +126,15 @@ _conn_ids = itertools.count(1)
 #: How many times a freed connection may go to a younger waiter of its own key while the
 #: oldest waiter wants another key (origin or identity); see ConnectionPool._free.
 MAX_BYPASSES = 128
+
+#: Seconds a connection parked for its own key (ConnectionPool._free) may stay unclaimed while
+#: others wait; then it is closed and its slot goes to the oldest waiter (_unpark). Parking
+#: pays when the caller that freed it asks again at once: a task within a few turns of the
+#: event loop, a thread within a few GIL switch intervals (5 ms each) when it is preempted.
+#: It costs a waiter whose key's connections do not come back (its own caller holds them) at
+#: most this much: about what the close-and-reopen it saves costs on a real network (a TCP
+#: connect and a two-leg NTLM handshake: three round trips of a few ms).
+PARK_BOUND = 0.02
 
 
 def _origin_str(origin: httpcore2.Origin) -> str:
@@ -345,6 +362,12 @@ class ConnectionPool:
         self._waiters_by_key: dict[PoolKey, OrderedDict[_Waiter, None]] = {}
         # How often a freed connection went to a waiter younger than the oldest (_free).
         self._bypasses = 0
+        # Open connections (any state but CLOSED) per key: does a waiter's key have one that
+        # will come back to the pool (_free)?
+        self._open_by_key: dict[PoolKey, int] = {}
+        # The waiter that wakes at the oldest parked connection's PARK_BOUND, while
+        # connections are parked and requests wait (_watch, _arm, _unpark).
+        self._watcher: _Waiter | None = None
         self._deadlines: Deadlines | None = None
         self._closed = False
         # Every decision (which connection, which waiter, what to close) is made under this
@@ -516,11 +539,17 @@ class ConnectionPool:
                     conn.flow = flow
                     return conn
                 self._drop(conn, to_close)
+        if self._waiters:
+            # A parked connection (see _free) closed above: its slot is the oldest waiter's,
+            # not this newcomer's. (Nobody waits while there is room, so this is O(1).)
+            self._grant_slots()
         if self._max_connections is None or len(self._conns) < self._max_connections:
             return self._new(origin, key, flow)
         # Full. Close the longest-idle connection of another key, then one of our own
-        # reservations, before making anyone wait.
-        if self._idle_by_age:
+        # reservations, before making anyone wait. Not the idle one while others wait: it is
+        # parked for its own key (see _free), and the oldest waiter, not this newcomer, is
+        # next in line for a slot.
+        if self._idle_by_age and not self._waiters:
             victim, _ = self._idle_by_age.popitem(last=False)
             self._remove_idle(victim)
             self._drop(victim, to_close)
@@ -536,6 +565,7 @@ class ConnectionPool:
     def _new(self, origin: httpcore2.Origin, key: PoolKey, flow: Flow | None) -> PooledConnection:
         conn = PooledConnection(origin, key, flow)
         self._conns[conn.conn_id] = conn
+        self._open_by_key[key] = self._open_by_key.get(key, 0) + 1
         return conn
 
     def _check_out(self, conn: PooledConnection, flow: Flow | None) -> None:
@@ -572,8 +602,27 @@ class ConnectionPool:
             logger.debug("opened conn_id %s to %s", conn.conn_id, _origin_str(conn.origin))
 
     def _wait(self, waiter: _Waiter, deadline: float | None) -> PooledConnection | None:
+        # Until woken with a connection (or a slot). A nudge (_watch) or the parking bound
+        # ends a wait early: the waiter looks again at what to wait for (_arm).
+        at, parked = deadline, False
         try:
-            waiter.wait(deadline, self._deadlines_on, self._clock)
+            while True:
+                try:
+                    waiter.wait(at, self._deadlines_on, self._clock)
+                except TimeoutError:
+                    if not parked:  # its own deadline
+                        raise
+                    to_close = self._unpark()
+                    if to_close:
+                        close_all(to_close)
+                else:
+                    if waiter.woken:
+                        break
+                with self._lock:
+                    if waiter.woken:
+                        break
+                    waiter.rearm()
+                    at, parked = self._arm(waiter, deadline)
         except BaseException as exc:
             with self._lock:
                 woken = waiter.woken
@@ -591,6 +640,50 @@ class ConnectionPool:
         if waiter.error is not None:
             raise waiter.error
         return waiter.conn
+
+    def _arm(self, waiter: _Waiter, deadline: float | None) -> tuple[float | None, bool]:
+        """When ``waiter`` wakes next: at its deadline, or, if it is the watcher, at the oldest
+        parked connection's bound when that comes first (then True)."""
+        # Only the watcher is nudged or wakes at a bound, and it keeps the role until it
+        # leaves the queue or finds nothing parked (below): a woken waiter does not get here.
+        if waiter is self._watcher:  # pragma: no branch - see above
+            if self._idle_by_age:
+                # Every IDLE connection is parked while requests wait: a request that
+                # finds the pool full closes an idle one rather than queue (_pick) while
+                # nobody waits yet. The oldest is the first to reach its bound.
+                bound = next(iter(self._idle_by_age)).idle_since + PARK_BOUND
+                if deadline is None or bound < deadline:
+                    return bound, True
+            else:  # every parked connection was claimed: nothing to watch
+                self._watcher = None
+        return deadline, False
+
+    def _watch(self) -> None:
+        """While connections are parked and requests wait, one waiter keeps the time.
+
+        Called where that starts (a park in _free) and where the watcher leaves (_dequeue). A
+        request that queues finds a watcher already, or nothing parked: with nobody queued, a
+        request that finds the pool full closes an idle connection rather than wait (_pick).
+        """
+        if self._watcher is None and self._waiters and self._idle_by_age:
+            # The youngest: FIFO serves it last, so the role seldom moves.
+            watcher = self._watcher = next(reversed(self._waiters))
+            watcher.nudge()  # it may be waiting for its own deadline only
+
+    def _unpark(self) -> list[ConnectionLike]:
+        """Close the parked connections nobody of their key claimed within PARK_BOUND: each
+        slot goes to the oldest waiter, as it would without parking (_free)."""
+        to_close: list[ConnectionLike] = []
+        with self._lock:
+            limit = self._clock() - PARK_BOUND
+            while self._waiters and self._idle_by_age:
+                conn = next(iter(self._idle_by_age))
+                if conn.idle_since > limit:
+                    break
+                self._remove_idle(conn)
+                self._drop(conn, to_close)
+                self._grant_slots()
+        return to_close
 
     def _deadlines_on(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
         # Pool timeouts of every queued request share one timer (see Deadlines).
@@ -613,6 +706,9 @@ class ConnectionPool:
         del same[waiter]
         if not same:
             del self._waiters_by_key[waiter.key]
+        if waiter is self._watcher:  # served or gone: another keeps the time
+            self._watcher = None
+            self._watch()
 
     def _pop_oldest(self) -> _Waiter:
         waiter = next(iter(self._waiters))
@@ -744,11 +840,36 @@ class ConnectionPool:
                 conn._move(ConnectionState.ACTIVE)
                 self._hand(waiter, conn)
                 return
+            if (
+                not same
+                and self._bypasses - oldest.mark < MAX_BYPASSES
+                and oldest.key in self._open_by_key
+            ):
+                # Nobody of its key waits now, but the oldest's key has connections of its
+                # own that will come back to it. Closing this one to open one for the oldest
+                # only trades one identity's connection for another's, and the next request
+                # of this key (often the very caller that freed it: a thread issues its next
+                # request right away) would close one back: with 16 threads through 10
+                # connections, two identities churned a connection on 1 in 6 requests. So
+                # park it IDLE for its key, counted as one more pass over the oldest: after
+                # MAX_BYPASSES, or when its key has no connection left, the oldest gets the
+                # slot as below. Newcomers of other keys queue rather than evict it (_pick).
+                # But the oldest's connections need not come back (its own caller may hold
+                # them while it waits): unclaimed for PARK_BOUND, the slot is the oldest's
+                # all the same (_watch, _unpark).
+                self._bypasses += 1
+                self._park(conn, to_close)
+                self._watch()
+                return
             # Nobody can use it, or the oldest has waited its share: it gets the slot.
             self._dequeue(oldest)
             self._drop(conn, to_close)
             self._hand(oldest, self._new(oldest.origin, oldest.key, oldest.flow))
             return
+        self._park(conn, to_close)
+
+    def _park(self, conn: PooledConnection, to_close: list[ConnectionLike]) -> None:
+        """An IDLE connection goes on its key's stack (the keep-alive bound kept)."""
         conn.idle_since = self._clock()
         stack = self._idle.get(conn.key)
         if stack is None:
@@ -759,6 +880,7 @@ class ConnectionPool:
             victim, _ = self._idle_by_age.popitem(last=False)
             self._remove_idle(victim)
             self._drop(victim, to_close)
+            self._grant_slots()  # someone may wait while connections are parked
 
     def _hand(self, waiter: _Waiter, conn: PooledConnection) -> None:
         waiter.conn = conn
@@ -784,6 +906,11 @@ class ConnectionPool:
         """Move to CLOSED and forget it. The caller has removed it from idle/flow indexes."""
         conn._move(ConnectionState.CLOSED)
         del self._conns[conn.conn_id]
+        left = self._open_by_key[conn.key] - 1
+        if left:
+            self._open_by_key[conn.key] = left
+        else:
+            del self._open_by_key[conn.key]
         if conn.connection is not None and not conn.connection.is_closed():
             to_close.append(conn.connection)
         if conn.pin_waiters:
