@@ -181,21 +181,100 @@ AXES["sync-tests"] = (
     Rule(r"anyio\.sleep\(", "time.sleep("),
     Rule(r"anyio\.lowlevel\.checkpoint\(\)", "time.sleep(0)"),
     Rule("aiter_raw", "iter_raw"),
-    Rule(r"from httpx_extensions\._http11 import", "from httpx_extensions._sync._http11 import"),
+    # The generated modules' own names, not the async ones (the sync pool has its own
+    # current_flow, the sync transport its own module globals).
     Rule(
-        r"from httpx_extensions import _http11 as", "from httpx_extensions._sync import _http11 as"
+        r"from httpx_extensions\.(_http11|_pool|_proxy_auth|_transport) import",
+        r"from httpx_extensions._sync.\1 import",
+    ),
+    Rule(
+        r"from httpx_extensions import (_http11|_transport) as",
+        r"from httpx_extensions._sync import \1 as",
     ),
     Rule(r"from \.conftest import", "from ..conftest import"),
     Rule(r"from \.servers import", "from ..servers import"),
+    # Helpers from async tests that have no twin here (the twins import each other).
+    Rule(
+        r"from \.(authflows|test_auth_cov|test_client|test_sync_client) import", r"from ..\1 import"
+    ),
+    # Tasks become threads (tests/sync/__init__.py holds the twins; a target that uses them
+    # imports them with an extra rule).
+    Rule(r"anyio\.create_task_group\(\)", "create_task_group()"),
+    Rule(r"anyio\.Event\(\)", "Event()"),
+    # A scenario of asyncio's own (its loop, its task.cancel()) has no thread twin.
+    Rule(
+        r'@pytest\.mark\.parametrize\("anyio_backend", \["asyncio"\]\)\n',
+        '@pytest.mark.skip(reason="asyncio only: the sync client runs no event loop")\n',
+    ),
 )
-# Tests whose scenarios need no change but the axes (the others are below, with their rules).
+# Tests whose scenarios need no change but the axes (or only the few rules given with them;
+# test_http11.py is below, with its own).
 _SYNC_TESTS = (
+    "test_cov_client.py",
+    "test_client_paths.py",
+    "test_client_state.py",
     "test_http11_hardening.py",
+    "test_proxy_auth.py",
+    "test_proxy_auth_cov.py",
+    "test_proxy_auth_digest.py",
+    "test_proxy_auth_parsing.py",
     "test_proxy_server.py",
+    "test_retry.py",
     "test_retry_auth.py",
+    "test_transport_paths.py",
+    "test_transport_routes.py",
 )
+
+
+def _drop_sync(test: str, reason: str) -> Rule:
+    """Leave one test (and its parametrize line) out of a generated twin, with a comment
+    saying why it has no thread twin there: up to the two blank lines that end it."""
+    return Rule(
+        f"(@pytest\\.mark\\.parametrize\\([^\\n]*\\)\\n)?def {test}\\b(?s:.*?)\\n\\n\\n",
+        f"# {test}: not here\n# ({reason}).\n\n\n",
+    )
+
+
+def _import_twins(names: str, after: str) -> Rule:
+    """Import the thread twins (tests/sync/__init__.py) a target uses, after an import line."""
+    return Rule(f"{re.escape(after)}\n", f"{after}\nfrom . import {names}\n")
+
+
+_SYNC_TEST_EXTRA: dict[str, tuple[Rule, ...]] = {
+    # The wrong kind of body or stream for this client is an async one here.
+    "test_client_paths.py": (
+        Rule(r'content=iter\(\[b"x"\]\)', "content=httpx.AsyncByteStream()"),
+        Rule(r"sync request with an AsyncClient", "async request with a sync Client"),
+    ),
+    "test_cov_client.py": (
+        Rule(
+            r"response\.stream = httpx\.SyncByteStream\(\)",
+            "response.stream = httpx.AsyncByteStream()",
+        ),
+        Rule(r"for chunk in self\._inner:\n            yield chunk", "yield from self._inner"),
+    ),
+    "test_client_state.py": (Rule(r"import anyio\n", "from . import create_task_group\n"),),
+    "test_retry.py": (Rule(r"import anyio\n", "from . import Event, create_task_group\n"),),
+    "test_proxy_auth.py": (
+        _import_twins("create_task_group", "import pytest"),
+        _drop_sync(
+            "test_proxy_cancellation_during_a_connect_handshake_leaves_nothing_reserved",
+            "task cancellation is async only; test_sync_interrupt.py interrupts threads",
+        ),
+        _drop_sync(
+            "test_proxy_2000_requests_at_concurrency_50_through_10_connections",
+            "2000 threads; test_sync_paths.py goes through a proxy from 16",
+        ),
+    ),
+}
 TARGETS += tuple(
-    Target(f"tests/{name}", f"tests/sync/{name}", ("sync", "sync-tests")) for name in _SYNC_TESTS
+    Target(
+        f"tests/{name}",
+        f"tests/sync/{name}",
+        ("sync", "sync-tests"),
+        extra=_SYNC_TEST_EXTRA.get(name, ()),
+    )
+    for name in _SYNC_TESTS
 )
 TARGETS += (
     Target(
