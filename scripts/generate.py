@@ -227,12 +227,44 @@ _SYNC_TESTS = (
 
 
 def _drop_sync(test: str, reason: str) -> Rule:
-    """Leave one test (and its parametrize line) out of a generated twin, with a comment
-    saying why it has no thread twin there: up to the two blank lines that end it."""
+    """Leave one test (and its marks) out of a generated twin, with a comment saying why it
+    has no thread twin there: up to the two blank lines that end it (or the file's end)."""
     return Rule(
-        f"(@pytest\\.mark\\.parametrize\\([^\\n]*\\)\\n)?def {test}\\b(?s:.*?)\\n\\n\\n",
+        f"(@pytest\\.mark\\.[^\\n]*\\n)*def {test}\\b(?s:.*?)(\\n\\n\\n|\\n\\Z)",
         f"# {test}: not here\n# ({reason}).\n\n\n",
     )
+
+
+# Pool scenarios whose tasks wait on each other (anyio.wait_all_tasks_blocked, a cancel
+# scope, asyncio's own cancel): threads have no twin of "every other task is blocked now",
+# so these are left out; tests/test_sync_cov_pool.py runs the sync pool's waits in threads.
+_CONCURRENT = "tasks that wait on each other; see test_sync_cov_pool.py"
+_POOL_CONCURRENT = {
+    "test_pool.py": (
+        "test_pool_waiters_are_served_fifo_one_per_freed_connection",
+        "test_pool_oldest_waiter_for_another_origin_gets_the_slot",
+        "test_pool_flow_evicts_its_own_reservation_instead_of_deadlocking",
+        "test_pool_pin_waits_for_a_reservation_of_another_flow",
+        "test_pool_pin_falls_back_when_its_connection_closes_meanwhile",
+        "test_pool_close_fails_waiters_and_later_requests",
+        "test_pool_native_asyncio_cancel_during_an_eviction_close_gives_the_slot_back",
+        "test_pool_reservation_closed_by_the_server_is_not_handed_to_a_waiter",
+        "test_pool_close_while_a_waiter_is_being_handed_a_connection",
+    ),
+    "test_pool_paths.py": (
+        "test_pool_concurrent_requests_of_one_flow_pinning_one_connection",
+        "test_pool_connect_failing_after_the_pool_closed_raises_the_connect_error",
+        "test_pinned_waiter_cancelled_after_its_connection_closed",
+        "test_two_requests_pinned_to_one_busy_connection_are_served_in_order",
+        "test_pool_native_cancel_while_closing_an_expired_pin_leaves_the_queue",
+        "test_pool_native_cancel_while_closing_after_the_pool_closed_fails_cleanly",
+        "test_pool_native_cancel_of_a_pinned_waiter_woken_by_its_connection_closing",
+        "test_pool_native_cancel_of_a_waiter_just_handed_a_connection_gives_it_back",
+        "test_pool_native_cancel_while_closing_after_being_handed_a_connection",
+        "test_pool_timeout_already_past_fires_before_a_later_release",
+        "test_pool_used_from_two_event_loops_in_turn_keeps_its_timeouts",
+    ),
+}
 
 
 def _import_twins(names: str, after: str) -> Rule:
@@ -267,6 +299,25 @@ _SYNC_TEST_EXTRA: dict[str, tuple[Rule, ...]] = {
         ),
     ),
 }
+# What only the tests left out use, out of the imports.
+_POOL_IMPORTS = {
+    # The fake connect's checkpoint is a thread's time.sleep(0).
+    "test_pool.py": (
+        Rule(r"import httpcore\n", "import time\n\nimport httpcore\n"),
+        Rule(r"    close_all,\n", ""),
+    ),
+    "test_pool_paths.py": (
+        Rule(r"import asyncio\n", ""),
+        Rule(r"PoolClosed, PoolTimeout\n", "PoolClosed\n"),
+        Rule(r"import ConnectionPool, Flow, PooledConnection, close_all", "import Flow, close_all"),
+        Rule(r"import REQUEST, A, B,", "import A, B,"),
+    ),
+}
+for _name, _tests in _POOL_CONCURRENT.items():
+    _SYNC_TEST_EXTRA[_name] = (
+        *_POOL_IMPORTS[_name],
+        *(_drop_sync(test, _CONCURRENT) for test in _tests),
+    )
 TARGETS += tuple(
     Target(
         f"tests/{name}",
@@ -274,7 +325,7 @@ TARGETS += tuple(
         ("sync", "sync-tests"),
         extra=_SYNC_TEST_EXTRA.get(name, ()),
     )
-    for name in _SYNC_TESTS
+    for name in (*_SYNC_TESTS, *_POOL_CONCURRENT)
 )
 TARGETS += (
     Target(
