@@ -306,7 +306,6 @@ def test_cov_transport_hook_replaced_headers_still_decide_the_decoding() -> None
         scripted.stop()
 
 
-@pytest.mark.skip(reason="asyncio only: the sync client runs no event loop")
 def test_cov_transport_httpcore_error_of_a_mocked_httpcore_is_mapped(
     server: LoopbackServer,
 ) -> None:

@@ -53,13 +53,11 @@ def refused_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@pytest.mark.skip(reason="asyncio only: the sync client runs no event loop")
 def test_transport_refuses_http2_at_construction() -> None:
     with pytest.raises(UnsupportedConfiguration, match="HTTP/2"):
         ExSyncTransport(http2=True)
 
 
-@pytest.mark.skip(reason="asyncio only: the sync client runs no event loop")
 def test_transport_socks_proxy_without_socksio_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -117,7 +115,6 @@ def test_transport_proxy_headers_go_out_unless_the_request_sets_them(
     assert proxy_server.forwarded_requests == [f"{server.url}/echo"] * 2
 
 
-@pytest.mark.skip(reason="asyncio only: the sync client runs no event loop")
 def test_transport_errors_raised_by_a_mocked_httpcore(server: LoopbackServer) -> None:
     import respx
 
