@@ -212,6 +212,7 @@ _SYNC_TESTS = (
     "test_client_paths.py",
     "test_client_state.py",
     "test_http11_hardening.py",
+    "test_http11_line_cache.py",
     "test_proxy_auth.py",
     "test_proxy_auth_cov.py",
     "test_proxy_auth_digest.py",
@@ -284,6 +285,15 @@ _SYNC_TEST_EXTRA: dict[str, tuple[Rule, ...]] = {
         Rule(r"for chunk in self\._inner:\n            yield chunk", "yield from self._inner"),
     ),
     "test_client_state.py": (Rule(r"import anyio\n", "from . import create_task_group\n"),),
+    # The sync parser's own caches; its exchange is a plain call, not a coroutine to drive.
+    "test_http11_line_cache.py": (
+        Rule(
+            r"from httpx_extensions import _http11\n",
+            "from httpx_extensions._sync import _http11\n",
+        ),
+        Rule(r"_run\(_exchange\(raw\)\)", "_exchange(raw)"),
+        Rule(r"import _run, _SegmentStream", "import _SegmentStream"),
+    ),
     "test_retry.py": (Rule(r"import anyio\n", "from . import Event, create_task_group\n"),),
     "test_proxy_auth.py": (
         _import_twins("create_task_group", "import pytest"),
