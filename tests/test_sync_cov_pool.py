@@ -66,14 +66,21 @@ def until_waiting(pool: ConnectionPool, n: int, *workers: Worker) -> None:
 
 
 class RaisingClose(FakeConnection):
-    """A connection whose close raises ``error`` (after closing)."""
+    """A connection whose close raises ``error`` (after closing, and after ``during``)."""
 
-    def __init__(self, origin: httpcore.Origin, error: BaseException) -> None:
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        error: BaseException,
+        during: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(origin)
         self.error = error
+        self.during = during
 
     def close(self) -> None:
         super().close()
+        self.during()
         raise self.error
 
 
@@ -309,3 +316,44 @@ def test_sync_cov_pool_interrupted_close_of_an_expired_idle_connection_frees_the
     assert fresh.conn_id != conn.conn_id
     h.pool.release(fresh)
     assert h.states() == [ConnectionState.IDLE]
+
+
+@pytest.mark.parametrize("handed", [False, True])
+def test_sync_cov_pool_interrupted_close_of_an_expired_pin_leaves_the_queue(
+    handed: bool,
+) -> None:
+    # A send() pins its own reservation, which has expired: dropping it frees a slot that
+    # goes to the thread already waiting, so this request queues, and then the close of the
+    # expired connection is interrupted (Ctrl-C), with a connection handed to the queued
+    # request during the close, or not. The interrupted request leaves the queue and gives
+    # back what it was handed; the other thread keeps what it was given.
+    h = Harness(max_connections=2)
+    held = h.acquire()
+    other = Worker(lambda: h.acquire(B))  # made here: in no flow
+    flow = Flow()
+    token = current_flow.set(flow)
+    try:
+        mine = h.acquire()
+        h.pool.release(mine)  # RESERVED to this flow: no one else may take or evict it
+        other.start()
+        until_waiting(h.pool, 1, other)
+        during = (lambda: h.pool.release(held)) if handed else (lambda: None)
+        broken = RaisingClose(A, KeyboardInterrupt(), during)
+        broken.expired = True
+        mine.connection = broken
+        with pytest.raises(KeyboardInterrupt):
+            h.acquire(pin=mine.conn_id)
+    finally:
+        current_flow.reset(token)
+    assert broken.closed
+    assert h.pool.waiting == 0  # the interrupted request is not left queued
+    got = other.outcome()
+    assert isinstance(got, PooledConnection)
+    assert got.origin == B
+    assert flow.end() == []
+    h.pool.release(got)
+    if handed:  # given back by the interrupted request: IDLE, not ACTIVE for no one
+        assert held.state is ConnectionState.IDLE
+    else:
+        h.pool.release(held)
+    assert h.states() == [ConnectionState.IDLE, ConnectionState.IDLE]
