@@ -181,21 +181,159 @@ AXES["sync-tests"] = (
     Rule(r"anyio\.sleep\(", "time.sleep("),
     Rule(r"anyio\.lowlevel\.checkpoint\(\)", "time.sleep(0)"),
     Rule("aiter_raw", "iter_raw"),
-    Rule(r"from httpx_extensions\._http11 import", "from httpx_extensions._sync._http11 import"),
+    # The generated modules' own names, not the async ones (the sync pool has its own
+    # current_flow, the sync transport its own module globals).
     Rule(
-        r"from httpx_extensions import _http11 as", "from httpx_extensions._sync import _http11 as"
+        r"from httpx_extensions\.(_http11|_pool|_proxy_auth|_transport) import",
+        r"from httpx_extensions._sync.\1 import",
+    ),
+    Rule(
+        r"from httpx_extensions import (_http11|_transport) as",
+        r"from httpx_extensions._sync import \1 as",
     ),
     Rule(r"from \.conftest import", "from ..conftest import"),
     Rule(r"from \.servers import", "from ..servers import"),
+    # Helpers from async tests that have no twin here (the twins import each other).
+    Rule(
+        r"from \.(authflows|test_auth_cov|test_client|test_sync_client) import", r"from ..\1 import"
+    ),
+    # Tasks become threads (tests/sync/__init__.py holds the twins; a target that uses them
+    # imports them with an extra rule).
+    Rule(r"anyio\.create_task_group\(\)", "create_task_group()"),
+    Rule(r"anyio\.Event\(\)", "Event()"),
+    # A test run on asyncio alone runs once here too (no backend; one of asyncio's own, its
+    # loop or its task.cancel(), is left out below with the reason).
+    Rule(r'@pytest\.mark\.parametrize\("anyio_backend", \["asyncio"\]\)\n', ""),
 )
-# Tests whose scenarios need no change but the axes (the others are below, with their rules).
+# Tests whose scenarios need no change but the axes (or only the few rules given with them;
+# test_http11.py is below, with its own).
 _SYNC_TESTS = (
+    "test_cov_client.py",
+    "test_client_paths.py",
+    "test_client_state.py",
     "test_http11_hardening.py",
+    "test_http11_line_cache.py",
+    "test_proxy_auth.py",
+    "test_proxy_auth_cov.py",
+    "test_proxy_auth_digest.py",
+    "test_proxy_auth_parsing.py",
     "test_proxy_server.py",
+    "test_retry.py",
     "test_retry_auth.py",
+    "test_transport_paths.py",
+    "test_transport_routes.py",
 )
+
+
+def _drop_sync(test: str, reason: str) -> Rule:
+    """Leave one test (and its marks) out of a generated twin, with a comment saying why it
+    has no thread twin there: up to the two blank lines that end it (or the file's end)."""
+    return Rule(
+        f"(@pytest\\.mark\\.[^\\n]*\\n)*def {test}\\b(?s:.*?)(\\n\\n\\n|\\n\\Z)",
+        f"# {test}: not here\n# ({reason}).\n\n\n",
+    )
+
+
+# Pool scenarios whose tasks wait on each other (anyio.wait_all_tasks_blocked, a cancel
+# scope, asyncio's own cancel): threads have no twin of "every other task is blocked now",
+# so these are left out; tests/test_sync_cov_pool.py runs the sync pool's waits in threads.
+_CONCURRENT = "tasks that wait on each other; see test_sync_cov_pool.py"
+_POOL_CONCURRENT = {
+    "test_pool.py": (
+        "test_pool_waiters_are_served_fifo_one_per_freed_connection",
+        "test_pool_oldest_waiter_for_another_origin_gets_the_slot",
+        "test_pool_flow_evicts_its_own_reservation_instead_of_deadlocking",
+        "test_pool_pin_waits_for_a_reservation_of_another_flow",
+        "test_pool_pin_falls_back_when_its_connection_closes_meanwhile",
+        "test_pool_close_fails_waiters_and_later_requests",
+        "test_pool_native_asyncio_cancel_during_an_eviction_close_gives_the_slot_back",
+        "test_pool_reservation_closed_by_the_server_is_not_handed_to_a_waiter",
+        "test_pool_close_while_a_waiter_is_being_handed_a_connection",
+    ),
+    "test_pool_paths.py": (
+        "test_pool_concurrent_requests_of_one_flow_pinning_one_connection",
+        "test_pool_connect_failing_after_the_pool_closed_raises_the_connect_error",
+        "test_pinned_waiter_cancelled_after_its_connection_closed",
+        "test_two_requests_pinned_to_one_busy_connection_are_served_in_order",
+        "test_pool_native_cancel_while_closing_an_expired_pin_leaves_the_queue",
+        "test_pool_native_cancel_while_closing_after_the_pool_closed_fails_cleanly",
+        "test_pool_native_cancel_of_a_pinned_waiter_woken_by_its_connection_closing",
+        "test_pool_native_cancel_of_a_waiter_just_handed_a_connection_gives_it_back",
+        "test_pool_native_cancel_while_closing_after_being_handed_a_connection",
+        "test_pool_timeout_already_past_fires_before_a_later_release",
+        "test_pool_used_from_two_event_loops_in_turn_keeps_its_timeouts",
+    ),
+}
+
+
+def _import_twins(names: str, after: str) -> Rule:
+    """Import the thread twins (tests/sync/__init__.py) a target uses, after an import line."""
+    return Rule(f"{re.escape(after)}\n", f"{after}\nfrom . import {names}\n")
+
+
+_SYNC_TEST_EXTRA: dict[str, tuple[Rule, ...]] = {
+    # The wrong kind of body or stream for this client is an async one here.
+    "test_client_paths.py": (
+        Rule(r'content=iter\(\[b"x"\]\)', "content=httpx.AsyncByteStream()"),
+        Rule(r"sync request with an AsyncClient", "async request with a sync Client"),
+    ),
+    "test_cov_client.py": (
+        Rule(
+            r"response\.stream = httpx\.SyncByteStream\(\)",
+            "response.stream = httpx.AsyncByteStream()",
+        ),
+        Rule(r"for chunk in self\._inner:\n            yield chunk", "yield from self._inner"),
+    ),
+    "test_client_state.py": (Rule(r"import anyio\n", "from . import create_task_group\n"),),
+    # The sync parser's own caches; its exchange is a plain call, not a coroutine to drive.
+    "test_http11_line_cache.py": (
+        Rule(
+            r"from httpx_extensions import _http11\n",
+            "from httpx_extensions._sync import _http11\n",
+        ),
+        Rule(r"_run\(_exchange\(raw\)\)", "_exchange(raw)"),
+        Rule(r"import _run, _SegmentStream", "import _SegmentStream"),
+    ),
+    "test_retry.py": (Rule(r"import anyio\n", "from . import Event, create_task_group\n"),),
+    "test_proxy_auth.py": (
+        _import_twins("create_task_group", "import pytest"),
+        _drop_sync(
+            "test_proxy_cancellation_during_a_connect_handshake_leaves_nothing_reserved",
+            "task cancellation is async only; test_sync_interrupt.py interrupts threads",
+        ),
+        _drop_sync(
+            "test_proxy_2000_requests_at_concurrency_50_through_10_connections",
+            "2000 threads; test_sync_paths.py goes through a proxy from 16",
+        ),
+    ),
+}
+# What only the tests left out use, out of the imports.
+_POOL_IMPORTS = {
+    # The fake connect's checkpoint is a thread's time.sleep(0).
+    "test_pool.py": (
+        Rule(r"import httpcore\n", "import time\n\nimport httpcore\n"),
+        Rule(r"    close_all,\n", ""),
+    ),
+    "test_pool_paths.py": (
+        Rule(r"import asyncio\n", ""),
+        Rule(r"PoolClosed, PoolTimeout\n", "PoolClosed\n"),
+        Rule(r"import ConnectionPool, Flow, PooledConnection, close_all", "import Flow, close_all"),
+        Rule(r"import REQUEST, A, B,", "import A, B,"),
+    ),
+}
+for _name, _tests in _POOL_CONCURRENT.items():
+    _SYNC_TEST_EXTRA[_name] = (
+        *_POOL_IMPORTS[_name],
+        *(_drop_sync(test, _CONCURRENT) for test in _tests),
+    )
 TARGETS += tuple(
-    Target(f"tests/{name}", f"tests/sync/{name}", ("sync", "sync-tests")) for name in _SYNC_TESTS
+    Target(
+        f"tests/{name}",
+        f"tests/sync/{name}",
+        ("sync", "sync-tests"),
+        extra=_SYNC_TEST_EXTRA.get(name, ()),
+    )
+    for name in (*_SYNC_TESTS, *_POOL_CONCURRENT)
 )
 TARGETS += (
     Target(
