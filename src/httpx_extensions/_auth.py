@@ -53,9 +53,7 @@ logger = logging.getLogger("httpx_extensions.auth")
 # Set where pyspnego is imported, before it can log a handshake: the package imports this
 # module on first use of an auth name (httpx_extensions.__getattr__), not at its own import.
 _spnego_logger = logging.getLogger("spnego")
-# (The other side runs only in a fresh interpreter whose application set a level before this
-# first import: tests/test_imports.py checks it in a subprocess, which coverage does not follow.)
-if _spnego_logger.level == logging.NOTSET:  # pragma: no branch - see above
+if _spnego_logger.level == logging.NOTSET:
     _spnego_logger.setLevel(logging.INFO)
 
 # Private diagnostic hook (used by ``httpx-extensions probe``): a request whose extensions

@@ -216,7 +216,10 @@ def demo(
         status = asyncio.run(run_and_render(settings, console))
     except RuntimeError as exc:  # the demo server did not start or stopped
         raise click.ClickException(str(exc)) from exc
-    ctx.exit(status)
+    # Taken by every demo test that exits 0 or 1 (tests/test_cli.py), not recorded: Python
+    # 3.11's tracer loses this frame after asyncio.run() of a loop that threw into a
+    # coroutine (coveragepy#2124), and lines of a frame it lost stay unrecorded.
+    ctx.exit(status)  # pragma: no cover - taken, not recorded (see above)
 
 
 # -- probe -------------------------------------------------------------------------------------
