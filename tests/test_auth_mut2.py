@@ -1,0 +1,113 @@
+"""More of what the mutation run of ``_auth.py`` (``scripts/mutate auth``) found untested: the
+cookies each challenge of a handshake sets, carried to the very next leg (and kept in the
+client's jar), and the preemptive token shown in ``response.request``. Against a scripted
+loopback peer whose NTLM answers come from a real pyspnego acceptor (tests/test_auth_cov.py)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from httpx_extensions import ExClient, NTLMAuth
+from httpx_extensions._auth import _AUTH_TRACE
+
+from .conftest import assert_pool_clean
+from .servers import write_user_file
+from .test_auth_cov import Reply, Request, ScriptedPeer, ntlm_origin
+
+pytestmark = pytest.mark.anyio
+
+ALICE = ("EXAMPLE\\alice", "Passw0rd")
+
+
+@pytest.fixture(scope="module")
+def user_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_user_file(
+        tmp_path_factory.mktemp("mut2") / "users.txt", [("EXAMPLE", "alice", "Passw0rd")]
+    )
+
+
+@pytest.fixture
+def ntlm_users(user_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The account for the scripted peer's acceptor (pyspnego reads NTLM_USER_FILE)."""
+    monkeypatch.setenv("NTLM_USER_FILE", str(user_file))
+    return user_file
+
+
+# -- cookies set by each challenge ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("second", "type3_cookie", "jar"),
+    [
+        # A load balancer that sets its affinity cookie on the first 401 and the back end's
+        # session cookie on the second: the type 3 carries both.
+        ("session=s1", "lb=node7; session=s1", {"lb": "node7", "session": "s1"}),
+        # The second 401 moves the affinity: the new value replaces the old one.
+        ("lb=node8", "lb=node8", {"lb": "node8"}),
+    ],
+    ids=["another-cookie", "same-name-new-value"],
+)
+async def test_auth_mut2_each_challenge_cookie_goes_with_the_next_leg(
+    ntlm_users: Path, second: str, type3_cookie: str, jar: dict[str, str]
+) -> None:
+    def answer(request: Request, state: dict[str, Any]) -> Reply:
+        reply = ntlm_origin(request, state)
+        if reply.status == 401:
+            first = "authorization" not in request.headers
+            reply.headers.append(("Set-Cookie", ("lb=node7" if first else second) + "; Path=/"))
+        return reply
+
+    with ScriptedPeer(answer) as peer:
+        async with ExClient() as client:
+            response = await client.get(peer.url + "/app", auth=NTLMAuth(*ALICE))
+            assert response.status_code == 200
+            assert response.text == "welcome"
+            # Both challenges' cookies reached the jar, and the next request sends them.
+            assert dict(client.cookies) == jar
+            again = await client.get(peer.url + "/app", auth=NTLMAuth(*ALICE))
+            assert again.text == "again"
+            assert_pool_clean(client)
+    assert peer.errors == []
+    assert [(r.conn, r.headers.get("cookie")) for r in peer.requests] == [
+        (1, None),  # the anonymous request
+        (1, "lb=node7"),  # the type 1: the first 401's cookie
+        (1, type3_cookie),  # the type 3: the second 401's too
+        (1, "; ".join(f"{k}={v}" for k, v in sorted(jar.items()))),  # from the jar
+    ]
+
+
+# -- what response.request shows for a preemptive token ------------------------------------
+
+
+async def test_auth_mut2_preemptive_token_answered_without_a_login_is_in_response_request(
+    ntlm_users: Path,
+) -> None:
+    # A page that needs no login answers the preemptive type 1 with a 200: that token was the
+    # only one sent, and response.request shows it as it went out (the transport added it to
+    # the wire on the new connection, after httpx had built the request).
+    def answer(request: Request, state: dict[str, Any]) -> Reply:
+        return Reply(200, body=b"public")
+
+    trace: list[dict[str, object]] = []
+    with ScriptedPeer(answer) as peer:
+        async with ExClient() as client:
+            response = await client.get(
+                peer.url + "/public",
+                auth=NTLMAuth(*ALICE, preemptive=True),
+                extensions={_AUTH_TRACE: trace},
+            )
+            assert response.status_code == 200
+            assert response.text == "public"
+            assert_pool_clean(client)
+    assert peer.errors == []
+    (seen,) = peer.requests
+    sent = seen.headers["authorization"]
+    assert sent.startswith("NTLM ")
+    assert base64.b64decode(sent[5:])[:9] == b"NTLMSSP\x00\x01"  # a NEGOTIATE message
+    assert response.request.headers["Authorization"] == sent
+    # No handshake ran: the server asked for none.
+    assert [r["event"] for r in trace] == ["choice", "context", "exchange", "done"]
