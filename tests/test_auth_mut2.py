@@ -9,9 +9,10 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from httpx_extensions import ExClient, NTLMAuth
+from httpx_extensions import CONN_ID, AuthenticationError, ExClient, NegotiateAuth, NTLMAuth
 from httpx_extensions._auth import _AUTH_TRACE
 
 from .conftest import assert_pool_clean
@@ -111,3 +112,65 @@ async def test_auth_mut2_preemptive_token_answered_without_a_login_is_in_respons
     assert response.request.headers["Authorization"] == sent
     # No handshake ran: the server asked for none.
     assert [r["event"] for r in trace] == ["choice", "context", "exchange", "done"]
+
+
+# -- the origin named in errors ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [("http://a.test/", "http://a.test:80"), ("https://a.test/x", "https://a.test:443")],
+)
+def test_auth_mut2_origin_in_an_error_has_the_default_port(url: str, origin: str) -> None:
+    # A URL without a port names its scheme's default one in the error (every loopback
+    # server of the suite has a port of its own; these default ones are a plain httpx
+    # client's, through a transport of the application's). Each leg comes back on another
+    # connection, with a fresh offer: the handshake starts over once, then is reported split.
+    conn_ids = iter(range(1, 4))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            401, headers={"WWW-Authenticate": "NTLM"}, extensions={CONN_ID: next(conn_ids)}
+        )
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), auth=NTLMAuth(*ALICE))
+    with client, pytest.raises(AuthenticationError) as caught:
+        client.get(url)
+    assert str(caught.value).startswith(
+        f"NTLM handshake with {origin} was split: the server closed connection 2 between legs"
+    )
+
+
+# -- the current user's NTLM credentials --------------------------------------------------------
+
+
+async def test_auth_mut2_current_user_ntlm_credentials_are_read_for_each_handshake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NegotiateAuth() with no credentials logs on with NTLM_USER_FILE's first account, read
+    # when each handshake starts, as pyspnego reads it: a file changed between two
+    # handshakes (a rotated account) is used by the next one, even by the same auth object.
+    users = [("EXAMPLE", "alice", "Passw0rd"), ("EXAMPLE", "bob", "B0b-pw")]
+    files = [
+        write_user_file(tmp_path / "alice-first.txt", users),
+        write_user_file(tmp_path / "bob-first.txt", users[::-1]),
+    ]
+
+    def answer(request: Request, state: dict[str, Any]) -> Reply:
+        reply = ntlm_origin(request, state)
+        if reply.status == 200 and "acceptor" in state:
+            reply.body = state["acceptor"].client_principal.encode()
+        return reply
+
+    auth = NegotiateAuth()
+    seen = []
+    with ScriptedPeer(answer) as peer:
+        for user_file in files:  # (the peer's acceptor knows both accounts either way)
+            monkeypatch.setenv("NTLM_USER_FILE", str(user_file))
+            async with ExClient() as client:  # a new connection: a new handshake
+                response = await client.get(peer.url + "/", auth=auth)
+                assert response.status_code == 200
+                seen.append(response.text)
+                assert_pool_clean(client)
+    assert peer.errors == []
+    assert seen == ["EXAMPLE\\alice", "EXAMPLE\\bob"]
