@@ -6,13 +6,14 @@ loopback peer whose NTLM answers come from a real pyspnego acceptor (tests/test_
 from __future__ import annotations
 
 import base64
+import struct
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from httpx_extensions import ExClient, ExTransport, NegotiateAuth, NTLMAuth
+from httpx_extensions import AuthenticationError, ExClient, ExTransport, NegotiateAuth, NTLMAuth
 from httpx_extensions._auth import _AUTH_TRACE
 
 from .conftest import assert_pool_clean
@@ -191,3 +192,35 @@ async def test_auth_mut2_legs_pinned_to_the_challenged_connection_under_a_plain_
             ("/x", 2, 1, 401),
             ("/x", 2, 3, 200),
         ]
+
+
+# -- a challenge that is no NTLM message --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbled",
+    [b"NTLMSSP\x00\x02\x00\x00\x00garbage", b"not ntlm"],  # pyspnego: ValueError, struct.error
+    ids=["truncated-type-2", "no-signature"],
+)
+async def test_auth_mut2_garbled_challenge_is_an_error_naming_the_host_and_length(
+    user_file: Path, garbled: bytes
+) -> None:
+    # What pyspnego's parser raises on the server's bytes (not a SpnegoError) becomes an
+    # AuthenticationError that says the token is malformed and how long it was, with
+    # pyspnego's error as its cause; no type 3 goes out.
+    def answer(request: Request, state: dict[str, Any]) -> Reply:
+        if "authorization" not in request.headers:
+            return Reply(401, [("WWW-Authenticate", "NTLM")])
+        return Reply(401, [("WWW-Authenticate", "NTLM " + base64.b64encode(garbled).decode())])
+
+    with ScriptedPeer(answer) as peer:
+        async with ExClient() as client:
+            with pytest.raises(AuthenticationError) as caught:
+                await client.get(peer.url + "/", auth=NTLMAuth(*ALICE))
+            assert_pool_clean(client)
+    assert peer.errors == []
+    assert str(caught.value) == (
+        f"NTLM token from 127.0.0.1 is malformed or truncated ({len(garbled)} bytes)"
+    )
+    assert isinstance(caught.value.__cause__, ValueError | struct.error)
+    assert len(peer.requests) == 2
