@@ -224,3 +224,25 @@ async def test_auth_mut2_garbled_challenge_is_an_error_naming_the_host_and_lengt
     )
     assert isinstance(caught.value.__cause__, ValueError | struct.error)
     assert len(peer.requests) == 2
+
+
+# -- none of our schemes offered ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("auth", [NegotiateAuth(*ALICE), NTLMAuth(*ALICE)], ids=["negotiate", "ntlm"])
+async def test_auth_mut2_a_401_offering_only_basic_is_the_answer(auth: Any) -> None:
+    # Neither NTLM, Negotiate nor Kerberos offered: no token goes out (NTLM included, though
+    # NegotiateAuth may fall back to it: only where the server offers it), and the 401 stands.
+    def answer(request: Request, state: dict[str, Any]) -> Reply:
+        return Reply(401, [("WWW-Authenticate", 'Basic realm="intranet"')])
+
+    trace: list[dict[str, object]] = []
+    with ScriptedPeer(answer) as peer:
+        async with ExClient() as client:
+            response = await client.get(peer.url + "/", auth=auth, extensions={_AUTH_TRACE: trace})
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == 'Basic realm="intranet"'
+            assert_pool_clean(client)
+    assert peer.errors == []
+    assert [r.headers.get("authorization") for r in peer.requests] == [None]
+    assert [r["event"] for r in trace] == ["exchange", "no_scheme"]
