@@ -229,7 +229,9 @@ async def test_auth_mut2_garbled_challenge_is_an_error_naming_the_host_and_lengt
 # -- none of our schemes offered ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("auth", [NegotiateAuth(*ALICE), NTLMAuth(*ALICE)], ids=["negotiate", "ntlm"])
+@pytest.mark.parametrize(
+    "auth", [NegotiateAuth(*ALICE), NTLMAuth(*ALICE)], ids=["negotiate", "ntlm"]
+)
 async def test_auth_mut2_a_401_offering_only_basic_is_the_answer(auth: Any) -> None:
     # Neither NTLM, Negotiate nor Kerberos offered: no token goes out (NTLM included, though
     # NegotiateAuth may fall back to it: only where the server offers it), and the 401 stands.
