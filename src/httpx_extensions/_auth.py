@@ -923,8 +923,9 @@ class _SpnegoAuth(httpx.Auth, abc.ABC):
         except Exception as exc:
             # Not reachable from a test: pyspnego wraps what a first step raises in SpnegoError
             # (handled above); anything else is a bug of ours or of pyspnego, raised as it is.
-            if in_token is None:  # pragma: no cover - see above
-                raise
+            # (The pragma is on the raise alone: the test itself runs for every malformed token.)
+            if in_token is None:
+                raise  # pragma: no cover - see above
             # pyspnego's parsers raise whatever the bytes provoke (KeyError, struct.error,
             # ValueError, ...) on a malformed token: it came from the server.
             raise AuthenticationError(
