@@ -1,0 +1,97 @@
+"""Bounds of ``_http11.py`` that the mutation check (``scripts/mutate http11``) found untested.
+
+Each test plays a server on a real loopback socket (the scripted server of
+``tests/test_http11.py``) through ``ExClient`` and checks what a user sees: a response that
+opens with an empty line is refused at once as not HTTP (not left to a read timeout, and the
+error shows the empty line, not what follows it); a head one byte over its bound
+(MAX_HEAD_SIZE plus the blank line) is refused even when its end arrives in the last read; a
+chunk-size line stops the read when it reaches MAX_HEAD_SIZE bytes, and one whose line end
+comes one byte past the bound is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from httpx_extensions._http11 import MAX_HEAD_SIZE
+
+from . import test_http11
+from .conftest import assert_pool_clean
+from .test_http11 import HANG, ScriptedServer, client, reply
+from .test_http11_hardening import CHUNKED, _refused
+
+pytestmark = pytest.mark.anyio
+
+
+# The scripted server's fixture, shared with tests/test_http11.py.
+serve = test_http11.serve
+
+_NOT_HTTP = r"^Invalid status line b'': the server did not answer with HTTP/1\.x$"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Nothing but an empty line: the head ends at the very first byte.
+        pytest.param(b"\n\r\n", id="empty-line-only"),
+        # An empty line, then what looks like a response: the status line is the empty one.
+        pytest.param(b"\n" + reply(b"hi"), id="empty-line-then-a-response"),
+    ],
+)
+async def test_http11_response_opening_with_an_empty_line_refused_at_once(
+    serve: Callable[..., ScriptedServer], answer: bytes
+) -> None:
+    # As h11 ("no response line received"): the first line of a response is its status
+    # line, and an empty one is not HTTP. The server then sends nothing more and keeps the
+    # connection open: the refusal comes from the bytes received, not from a read timeout,
+    # and it shows the empty line (not the next one, which may be a header).
+    server = serve([answer, HANG], reply(b"recovered"))
+    await _refused(server, _NOT_HTTP)
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["one-send", "end-after-a-pause"])
+async def test_http11_head_one_byte_over_its_bound_refused(
+    serve: Callable[..., ScriptedServer], pause: bool
+) -> None:
+    # A head may take MAX_HEAD_SIZE bytes plus its blank line's CRLF CRLF (the bound
+    # read at exactly that size is in tests/test_http11_mut_b.py); one byte more is
+    # refused, also when the blank line comes in the read that completes the head.
+    start = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: "
+    head = start + b"a" * (MAX_HEAD_SIZE + 1 - len(start)) + b"\r\n\r\n"
+    assert len(head) == MAX_HEAD_SIZE + 5
+    answer = [head[:MAX_HEAD_SIZE], 0.05, head[MAX_HEAD_SIZE:] + b"hi"] if pause else [head]
+    server = serve([*answer, HANG], reply(b"recovered"))
+    await _refused(server, rf"^Response head larger than {MAX_HEAD_SIZE} bytes$")
+
+
+async def test_http11_chunk_size_line_stopped_when_it_reaches_the_bound(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # Exactly MAX_HEAD_SIZE bytes of a chunk-size line, no line end, then nothing (the
+    # connection kept open): the bound is reached, so the client refuses now rather than
+    # wait for a byte that could only make the line too long.
+    line = b"1;" + b"x" * (MAX_HEAD_SIZE - 2)
+    server = serve([CHUNKED + line, HANG], reply(b"recovered"))
+    await _refused(server, rf"^Response chunk size line longer than {MAX_HEAD_SIZE} bytes$")
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-byte-over"])
+async def test_http11_chunk_size_line_bounded_with_its_line_end(
+    serve: Callable[..., ScriptedServer], extra: int
+) -> None:
+    # A chunk-size line (padded with the whitespace servers put after a size) of
+    # MAX_HEAD_SIZE bytes, its CRLF included, is read; one byte more is refused. The line
+    # end comes in the same read as the bytes that take the line to its bound.
+    line = b"5" + b" " * (MAX_HEAD_SIZE - 3 + extra) + b"\r\n"
+    assert len(line) == MAX_HEAD_SIZE + extra
+    rest = line[60_000:] + b"hello\r\n0\r\n\r\n"
+    server = serve([CHUNKED + line[:60_000], 0.05, rest], reply(b"recovered"))
+    if extra:
+        await _refused(server, rf"^Response chunk size line longer than {MAX_HEAD_SIZE} bytes$")
+        return
+    async with client() as c:
+        response = await c.get(server.url)
+        assert (response.status_code, response.content) == (200, b"hello")
+        assert_pool_clean(c)
