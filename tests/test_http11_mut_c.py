@@ -6,7 +6,10 @@ opens with an empty line is refused at once as not HTTP (not left to a read time
 error shows the empty line, not what follows it); a head one byte over its bound
 (MAX_HEAD_SIZE plus the blank line) is refused even when its end arrives in the last read; a
 chunk-size line stops the read when it reaches MAX_HEAD_SIZE bytes, and one whose line end
-comes one byte past the bound is refused.
+comes one byte past the bound is refused. The request header block kept on the connection
+for the next identical request is checked on ``HTTP11Connection`` itself (as
+``tests/test_http11_hardening.py`` does for the request side): a plain one is kept, one
+carrying credentials or a cookie never is.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from httpx_extensions._http11 import MAX_HEAD_SIZE
 from . import test_http11
 from .conftest import assert_pool_clean
 from .test_http11 import HANG, ScriptedServer, client, reply
-from .test_http11_hardening import CHUNKED, _refused
+from .test_http11_hardening import CHUNKED, HOST, _connection, _refused, _Stream
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +98,37 @@ async def test_http11_chunk_size_line_bounded_with_its_line_end(
         response = await c.get(server.url)
         assert (response.status_code, response.content) == (200, b"hello")
         assert_pool_clean(c)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param((b"Authorization", b"Basic c2VjcmV0LXRva2Vu"), id="authorization"),
+        pytest.param((b"Proxy-Authorization", b"Basic c2VjcmV0LXRva2Vu"), id="proxy"),
+        pytest.param((b"Cookie", b"session=secret-token"), id="cookie"),
+    ],
+)
+async def test_http11_request_header_block_with_a_secret_not_kept(
+    secret: tuple[bytes, bytes],
+) -> None:
+    # A connection keeps the last request's checked header block so that the next
+    # identical request skips the checks; a block carrying a credential or a cookie is
+    # not kept on the connection (nor is anything of it) once its request is sent.
+    stream = _Stream(reply(b"one"), reply(b"two"), reply(b"three"))
+    connection = _connection(stream)
+
+    async def get(headers: list[tuple[bytes, bytes]]) -> bytes:
+        head = await connection.send(b"GET", b"/", headers, [], {})
+        return b"".join([part async for part in head.stream])
+
+    plain = [HOST, (b"Accept", b"*/*")]
+    assert await get(plain) == b"one"
+    kept = connection._last_headers
+    assert kept is not None
+    assert kept[:2] == (plain, b"Host: example.com\r\nAccept: */*\r\n\r\n")
+    # Only Host besides the secret: nothing else in the block could keep it from the cache.
+    assert await get([HOST, secret]) == b"two"
+    assert connection._last_headers is None
+    assert secret[1] in stream.written[1]  # it did go out, in its own request
+    assert await get(plain) == b"three"  # a plain block is kept again
+    assert connection._last_headers is not None
