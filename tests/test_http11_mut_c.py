@@ -6,7 +6,8 @@ opens with an empty line is refused at once as not HTTP (not left to a read time
 error shows the empty line, not what follows it); a head one byte over its bound
 (MAX_HEAD_SIZE plus the blank line) is refused even when its end arrives in the last read; a
 chunk-size line stops the read when it reaches MAX_HEAD_SIZE bytes, and one whose line end
-comes one byte past the bound is refused. The request header block kept on the connection
+comes one byte past the bound is refused; a long line in an error message is cut to its
+first 100 bytes, also where it is cut at a bare CR or a colon. The request header block kept on the connection
 for the next identical request is checked on ``HTTP11Connection`` itself (as
 ``tests/test_http11_hardening.py`` does for the request side): a plain one is kept, one
 carrying credentials or a cookie never is.
@@ -98,6 +99,37 @@ async def test_http11_chunk_size_line_bounded_with_its_line_end(
         response = await c.get(server.url)
         assert (response.status_code, response.content) == (200, b"hello")
         assert_pool_clean(c)
+
+
+_REASON = b"R" * 150
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        pytest.param(
+            # An unparsable status (four digits), a long reason, then a bare CR.
+            b"HTTP/1.1 2000 " + _REASON + b"\rX-A: b\r\n\r\n",
+            rb"Invalid status line b'HTTP/1.1 2000 "
+            + _REASON[:86]
+            + rb"' \(shown up to a bare CR\)",
+            id="status-line-bare-cr",
+        ),
+        pytest.param(
+            # A chunk-size line with a long invalid extension, then a colon and a value.
+            CHUNKED + b"5;" + _REASON + b"=a b: secret\r\nhello\r\n0\r\n\r\n",
+            rb"Invalid chunk size line b'5;" + _REASON[:98] + rb"' \(shown up to a colon\)",
+            id="chunk-size-line-colon",
+        ),
+    ],
+)
+async def test_http11_long_line_shown_in_an_error_is_cut_at_100_bytes(
+    serve: Callable[..., ScriptedServer], answer: bytes, message: bytes
+) -> None:
+    # The error names the line, but a server's garbage of any length must not fill the
+    # user's logs: what is shown stops after 100 bytes, before the CR or colon beyond.
+    server = serve([answer, HANG], reply(b"recovered"))
+    await _refused(server, "^" + message.decode() + "$")
 
 
 @pytest.mark.parametrize(
