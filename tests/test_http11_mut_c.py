@@ -7,10 +7,10 @@ error shows the empty line, not what follows it); a head one byte over its bound
 (MAX_HEAD_SIZE plus the blank line) is refused even when its end arrives in the last read; a
 chunk-size line stops the read when it reaches MAX_HEAD_SIZE bytes, and one whose line end
 comes one byte past the bound is refused; a long line in an error message is cut to its
-first 100 bytes, also where it is cut at a bare CR or a colon. The request header block kept on the connection
-for the next identical request is checked on ``HTTP11Connection`` itself (as
-``tests/test_http11_hardening.py`` does for the request side): a plain one is kept, one
-carrying credentials or a cookie never is.
+first 100 bytes, also where it is cut at a bare CR or a colon. The request header block
+kept on the connection for the next identical request is checked on ``HTTP11Connection``
+itself (as ``tests/test_http11_hardening.py`` does for the request side): a plain one is
+kept, one carrying credentials or a cookie never is.
 """
 
 from __future__ import annotations
