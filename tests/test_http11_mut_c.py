@@ -10,12 +10,17 @@ comes one byte past the bound is refused; a long line in an error message is cut
 first 100 bytes, also where it is cut at a bare CR or a colon. The request header block
 kept on the connection for the next identical request is checked on ``HTTP11Connection``
 itself (as ``tests/test_http11_hardening.py`` does for the request side): a plain one is
-kept, one carrying credentials or a cookie never is.
+kept, one carrying credentials or a cookie never is. A traced response closed with its body
+half read ends the body's trace event at once and leaves no generator to the collector.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -164,3 +169,41 @@ async def test_http11_request_header_block_with_a_secret_not_kept(
     assert secret[1] in stream.written[1]  # it did go out, in its own request
     assert await get(plain) == b"three"  # a plain block is kept again
     assert connection._last_headers is not None
+
+
+async def test_http11_traced_response_closed_half_read_ends_its_body_event(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # A traced response closed with its body half read: the body's event ends then (failed,
+    # with the GeneratorExit httpcore's body generator reports once collected), before
+    # response_closed, and no async generator is left suspended for the garbage collector
+    # to finish at some later time (trio warns of each one).
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"
+    server = serve([head, 0.05, b"56789"], reply(b"next"))
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        events.append((name, info))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with client() as c:
+            async with (
+                c.stream("GET", server.url, extensions={"trace": trace}) as response,
+                contextlib.aclosing(response.aiter_raw()) as body,
+            ):
+                assert await anext(body) == b"01234"
+            assert [name for name, _ in events][-4:] == [
+                "http11.receive_response_body.started",
+                "http11.receive_response_body.failed",
+                "http11.response_closed.started",
+                "http11.response_closed.complete",
+            ]
+            failed = dict(events)["http11.receive_response_body.failed"]
+            assert isinstance(failed["exception"], GeneratorExit)
+            assert c.connections == []  # closed mid-body: not reused
+            assert (await c.get(server.url)).text == "next"
+            assert_pool_clean(c)
+        del response, body
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
