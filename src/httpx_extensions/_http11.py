@@ -1163,13 +1163,10 @@ class _TracedBody:
     async def __anext__(self) -> bytes:
         iterator = self._iterator
         if iterator is None:
-            # Once only: a trace callback that fails here ends the iteration with its error.
             self._iterator = iterator = self._body.__aiter__()
             event = _Event("receive_response_body", self._trace, self._info)
-            await event.__aenter__()
+            await event.__aenter__()  # a trace callback's error goes to the reader as is
             self._event = event
-        elif self._event is None:
-            raise StopAsyncIteration
         try:
             return await iterator.__anext__()
         except BaseException as exc:
@@ -1179,7 +1176,7 @@ class _TracedBody:
     async def _end(self, exc: BaseException | None) -> None:
         event, self._event = self._event, None
         if event is not None:
-            await event.__aexit__(None if exc is None else type(exc), exc, None)
+            await event.__aexit__(None, exc, None)  # (_Event reads the exception only)
 
     async def aclose(self) -> None:
         await self._end(GeneratorExit())

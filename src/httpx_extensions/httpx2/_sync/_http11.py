@@ -1161,13 +1161,10 @@ class _TracedBody:
     def __next__(self) -> bytes:
         iterator = self._iterator
         if iterator is None:
-            # Once only: a trace callback that fails here ends the iteration with its error.
             self._iterator = iterator = self._body.__iter__()
             event = _Event("receive_response_body", self._trace, self._info)
-            event.__enter__()
+            event.__enter__()  # a trace callback's error goes to the reader as is
             self._event = event
-        elif self._event is None:
-            raise StopIteration
         try:
             return iterator.__next__()
         except BaseException as exc:
@@ -1177,7 +1174,7 @@ class _TracedBody:
     def _end(self, exc: BaseException | None) -> None:
         event, self._event = self._event, None
         if event is not None:
-            event.__exit__(None if exc is None else type(exc), exc, None)
+            event.__exit__(None, exc, None)  # (_Event reads the exception only)
 
     def close(self) -> None:
         self._end(GeneratorExit())
