@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import httpcore
 import pytest
 
 from httpx_extensions._http11 import MAX_HEAD_SIZE
@@ -207,3 +208,100 @@ async def test_http11_traced_response_closed_half_read_ends_its_body_event(
         del response, body
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+async def test_http11_chunk_size_of_17_digits_refused_whatever_its_value(
+    serve: Callable[..., ScriptedServer],
+) -> None:
+    # At most 16 hex digits (RFC 9112 allows any, h11 20): a 17th digit is refused even as
+    # a leading zero, where the value (5) is small.
+    size = b"0" * 16 + b"5"
+    server = serve([CHUNKED + size + b"\r\nhello\r\n0\r\n\r\n", HANG], reply(b"recovered"))
+    await _refused(
+        server, r"^Chunk size too large \(more than 16 hex digits, or above 2\*\*63-1\)$"
+    )
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-byte-over"])
+async def test_http11_trailer_section_bounded_to_the_byte(
+    serve: Callable[..., ScriptedServer], extra: int
+) -> None:
+    # The trailer section, every line with its CRLF and the blank line that ends it, may
+    # take MAX_HEAD_SIZE bytes; one byte more is refused, however many lines it is cut into.
+    line = b"X-T: " + b"t" * 1000 + b"\r\n"
+    count, rest = divmod(MAX_HEAD_SIZE - 2 + extra, len(line))
+    trailers = line * count + b"X-U: " + b"u" * (rest - 7) + b"\r\n"
+    assert len(trailers) + 2 == MAX_HEAD_SIZE + extra
+    body = CHUNKED + b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n"
+    server = serve([body, HANG], reply(b"recovered"))
+    if extra:
+        await _refused(server, rf"^Response trailer section larger than {MAX_HEAD_SIZE} bytes$")
+        return
+    async with client() as c:
+        response = await c.get(server.url)
+        assert (response.status_code, response.content) == (200, b"hello")
+        assert_pool_clean(c)
+
+
+async def test_http11_in_memory_body_of_64_kib_of_the_wrong_length_refused_before_sending() -> None:
+    # An in-memory body up to 64 KiB goes out with its head in one write, so a length that
+    # differs from its Content-Length is refused before anything is sent; 64 KiB is such
+    # a body.
+    stream = _Stream(reply(b"never"))
+    connection = _connection(stream)
+    headers = [HOST, (b"Content-Length", b"65536")]
+    message = r"^Request body is 65537 bytes long where its Content-Length says 65536$"
+    with pytest.raises(httpcore.LocalProtocolError, match=message):
+        await connection.send(b"POST", b"/", headers, [b"x" * 65537], {})
+    assert stream.written == []  # nothing went out
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r\n", id="no-framing-header"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-A: b\r\nContent-Length: 2\r\n\r\n", id="framed"),
+    ],
+)
+async def test_http11_plain_crlf_head_parsed_without_the_line_by_line_parser(
+    monkeypatch: pytest.MonkeyPatch, head: bytes
+) -> None:
+    # The one-pass parse of CRLF lines (and its line cache) is what makes a request cheap;
+    # the line-by-line parser is only for folded, bare-LF or invalid heads.
+    from httpx_extensions import _http11
+
+    calls: list[str] = []
+    parse_fields = _http11._parse_fields
+
+    def spy(block: bytes, section: str) -> Any:
+        calls.append(section)
+        return parse_fields(block, section)
+
+    monkeypatch.setattr(_http11, "_parse_fields", spy)
+    stream = _Stream(head + b"hi")
+    connection = _connection(stream)
+    response = await connection.send(b"GET", b"/", [HOST], [], {})
+    assert response.headers[0] == (b"X-A", b"b")
+    assert calls == []
+    folded = _connection(_Stream(b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n"))
+    assert (await folded.send(b"GET", b"/", [HOST], [], {})).headers[0] == (b"X-A", b"b c")
+    assert calls == ["response head"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        pytest.param(b":secret", r"b'' \(shown up to a colon\)", id="colon-first"),
+        pytest.param(b"\r:secret", r"b'' \(shown up to a bare CR\)", id="cr-first"),
+        pytest.param(b"\rsecret", r"b'' \(shown up to a bare CR\)", id="cr-first-no-colon"),
+    ],
+)
+async def test_http11_line_shown_in_an_error_that_starts_at_its_cut_shows_nothing(
+    serve: Callable[..., ScriptedServer], line: bytes, message: str
+) -> None:
+    # A colon or a bare CR as the line's very first byte: nothing before it is shown, and
+    # above all nothing after it (where a header value could be).
+    answer = CHUNKED + line + b"\r\nhello\r\n0\r\n\r\n"
+    server = serve([answer, HANG], reply(b"recovered"))
+    shown = await _refused(server, r"^Invalid chunk size line " + message + "$")
+    assert "secret" not in shown
