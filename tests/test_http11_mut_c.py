@@ -305,3 +305,59 @@ async def test_http11_line_shown_in_an_error_that_starts_at_its_cut_shows_nothin
     server = serve([answer, HANG], reply(b"recovered"))
     shown = await _refused(server, r"^Invalid chunk size line " + message + "$")
     assert "secret" not in shown
+
+
+class _Stop(Exception):
+    pass
+
+
+async def test_http11_request_content_length_of_2_63_minus_1_goes_out() -> None:
+    # The largest Content-Length a request may declare is written, not refused (one more
+    # is refused: tests/test_http11_hardening.py).
+    async def body() -> Any:
+        yield b"abc"
+        raise _Stop  # the rest is not needed to see what went out
+
+    stream = _Stream()
+    connection = _connection(stream)
+    headers = [HOST, (b"Content-Length", b"%d" % (2**63 - 1))]
+    with pytest.raises(_Stop):
+        await connection.send(b"POST", b"/", headers, body(), {})
+    assert stream.written[0] == (
+        b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 9223372036854775807\r\n\r\n"
+    )
+    assert stream.written[1:] == [b"abc"]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "refused"),
+    [
+        pytest.param([b"3", b"3"], False, id="same-twice"),
+        pytest.param([b"3", b"4"], True, id="two-values"),
+    ],
+)
+async def test_http11_request_content_length_repeated(lengths: list[bytes], refused: bool) -> None:
+    # The same Content-Length twice frames the body as one; two values are refused before
+    # anything is sent (h11 does the same).
+    stream = _Stream(reply(b"ok"))
+    connection = _connection(stream)
+    headers = [HOST, *[(b"Content-Length", length) for length in lengths]]
+    if refused:
+        with pytest.raises(httpcore.LocalProtocolError, match=r"^Conflicting Content-Length"):
+            await connection.send(b"POST", b"/", headers, [b"abc"], {})
+        assert stream.written == []
+        return
+    head = await connection.send(b"POST", b"/", headers, [b"abc"], {})
+    assert b"".join([part async for part in head.stream]) == b"ok"
+    assert b"".join(stream.written).endswith(b"Content-Length: 3\r\n\r\nabc")
+    assert connection.is_idle()
+
+
+async def test_http11_request_connection_option_containing_close_keeps_the_connection() -> None:
+    # Only the token "close" closes: a Connection header naming another option that merely
+    # contains the word (here a hop-by-hop header X-Closed) keeps the connection alive.
+    stream = _Stream(reply(b"ok"), reply(b"again"))
+    connection = _connection(stream)
+    head = await connection.send(b"GET", b"/", [HOST, (b"Connection", b"X-Closed")], [], {})
+    assert b"".join([part async for part in head.stream]) == b"ok"
+    assert connection.is_idle()
