@@ -1140,19 +1140,46 @@ def _loggable(info: dict[str, Any]) -> str:
 
 
 class _TracedBody:
-    """Wraps a response body with ``receive_response_body`` trace events."""
+    """Wraps a response body with ``receive_response_body`` trace events.
+
+    An iterator object rather than an async generator: a response closed with its body half
+    read ends the event there (failed, with GeneratorExit, as httpcore's generator reports
+    it once collected) instead of leaving a suspended generator for the garbage collector to
+    finish at some later time (trio warns of each such generator).
+    """
+
+    __slots__ = ("_body", "_event", "_info", "_iterator", "_trace")
 
     def __init__(self, body: typing.AsyncIterable[bytes], trace: Any, info: dict[str, Any]) -> None:
         self._body = body
         self._trace = trace
         self._info = info
+        self._iterator: AsyncIterator[bytes] | None = None
+        self._event: _Event | None = None  # receive_response_body, from its start to its end
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async with _Event("receive_response_body", self._trace, self._info):
-            async for chunk in self._body:
-                yield chunk
+    def __aiter__(self) -> _TracedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            self._iterator = iterator = self._body.__aiter__()
+            event = _Event("receive_response_body", self._trace, self._info)
+            await event.__aenter__()  # a trace callback's error goes to the reader as is
+            self._event = event
+        try:
+            return await iterator.__anext__()
+        except BaseException as exc:
+            await self._end(None if isinstance(exc, StopAsyncIteration) else exc)
+            raise
+
+    async def _end(self, exc: BaseException | None) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            await event.__aexit__(None, exc, None)  # (_Event reads the exception only)
 
     async def aclose(self) -> None:
+        await self._end(GeneratorExit())
         async with _Event("response_closed", self._trace, self._info):
             aclose = getattr(self._body, "aclose", None)
             if aclose is not None:

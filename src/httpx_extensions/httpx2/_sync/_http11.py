@@ -1138,19 +1138,46 @@ def _loggable(info: dict[str, Any]) -> str:
 
 
 class _TracedBody:
-    """Wraps a response body with ``receive_response_body`` trace events."""
+    """Wraps a response body with ``receive_response_body`` trace events.
+
+    An iterator object rather than an async generator: a response closed with its body half
+    read ends the event there (failed, with GeneratorExit, as httpcore2's generator reports
+    it once collected) instead of leaving a suspended generator for the garbage collector to
+    finish at some later time (trio warns of each such generator).
+    """
+
+    __slots__ = ("_body", "_event", "_info", "_iterator", "_trace")
 
     def __init__(self, body: typing.Iterable[bytes], trace: Any, info: dict[str, Any]) -> None:
         self._body = body
         self._trace = trace
         self._info = info
+        self._iterator: Iterator[bytes] | None = None
+        self._event: _Event | None = None  # receive_response_body, from its start to its end
 
-    def __iter__(self) -> Iterator[bytes]:
-        with _Event("receive_response_body", self._trace, self._info):
-            for chunk in self._body:
-                yield chunk
+    def __iter__(self) -> _TracedBody:
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            self._iterator = iterator = self._body.__iter__()
+            event = _Event("receive_response_body", self._trace, self._info)
+            event.__enter__()  # a trace callback's error goes to the reader as is
+            self._event = event
+        try:
+            return iterator.__next__()
+        except BaseException as exc:
+            self._end(None if isinstance(exc, StopIteration) else exc)
+            raise
+
+    def _end(self, exc: BaseException | None) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.__exit__(None, exc, None)  # (_Event reads the exception only)
 
     def close(self) -> None:
+        self._end(GeneratorExit())
         with _Event("response_closed", self._trace, self._info):
             close = getattr(self._body, "close", None)
             if close is not None:
