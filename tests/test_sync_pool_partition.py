@@ -152,8 +152,15 @@ def iis(user_file: Path) -> Iterator[IISLikeServer]:
 
 @pytest.mark.parametrize(("identities", "connections"), [(2, 10), (4, 4)])
 def test_sync_client_interleaved_identities_keep_their_connections(
-    iis: IISLikeServer, identities: int, connections: int
+    iis: IISLikeServer, identities: int, connections: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No request here holds a connection while it waits for another, so the oldest waiter's
+    # own connections always come back to it: an unbounded park never stalls, and MAX_BYPASSES
+    # still bounds it. Unbounded in time, the count below depends far less on how this machine
+    # schedules the 16 threads (with the 20 ms bound, a thread preempted for longer between
+    # two requests finds its connection given away: 59 of 400 on a loaded CI machine).
+    # test_sync_client_caller_holding_its_keys_only_connection_gets_a_slot tests the bound.
+    monkeypatch.setattr(sync_pool, "PARK_BOUND", 3600.0)
     n, threads = 400, 16
     rnd = random.Random(int(os.environ.get("HTTPX_EXT_SEED", "7")))
     chosen = [rnd.randrange(identities) for _ in range(n)]
@@ -192,10 +199,10 @@ def test_sync_client_interleaved_identities_keep_their_connections(
     assert failed == []
     assert wrong == []
     # Closing a freed connection for the oldest waiter's identity opened one (and ran a
-    # handshake) for about 1 request in 6 here (47-117 of 400 with no parking); parking it
-    # for its own identity keeps that to about one per connection (10-24 of 400 for 2 x 10,
-    # 4-9 for 4 x 4, on a loaded machine: a thread preempted for over PARK_BOUND between
-    # two requests finds its connection given away).
+    # handshake) for about 1 request in 6 here (47-117 of 400 with no parking). Parked for
+    # its own identity, a connection is closed for another only while that identity has
+    # none, or after MAX_BYPASSES passes over the oldest waiter (10-15 of 400 for 2 x 10 and
+    # 4-8 for 4 x 4, with two CPU hogs running or not).
     assert iis.connections_opened < n // 12, iis.connections_opened
 
 
