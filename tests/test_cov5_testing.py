@@ -119,9 +119,11 @@ def test_cov5_loopback_connection_accepted_while_stopping_is_closed_unhandled() 
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             assert sock.recv(5) == b"hello"  # an ordinary connection is handled
         server._stopping = True
-        with socket.create_connection((server.host, server.port), timeout=10) as sock:
-            with contextlib.suppress(ConnectionResetError):  # closed with a reset (abort)
-                assert _read_until_closed(sock) == b""
+        with (
+            socket.create_connection((server.host, server.port), timeout=10) as sock,
+            contextlib.suppress(ConnectionResetError),  # closed with a reset (abort)
+        ):
+            assert _read_until_closed(sock) == b""
         assert (server.handled, server.connections_opened) == (1, 1)
 
 
