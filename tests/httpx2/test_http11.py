@@ -84,8 +84,9 @@ class Received:
         }
 
 
-#: bytes are sent (one send each, TCP_NODELAY), a float is a pause in seconds.
-Action = bytes | float | _Act
+#: bytes are sent (one send each, TCP_NODELAY), a float is a pause in seconds, an Event is
+#: set once the actions before it are done (a test waits on it rather than sleeping).
+Action = bytes | float | threading.Event | _Act
 Answer = bytes | Sequence[Action]
 
 
@@ -247,6 +248,8 @@ class ScriptedServer:
                 sock.sendall(action)
             elif isinstance(action, float):
                 time.sleep(action)
+            elif isinstance(action, threading.Event):
+                action.set()
             elif action is CLOSE:
                 return False
             elif action is LINGER:
@@ -599,10 +602,15 @@ async def test_http11_extra_bytes_after_response_not_reused(
 async def test_http11_extra_bytes_arriving_while_idle_not_reused(
     serve: Callable[..., ScriptedServer],
 ) -> None:
-    server = serve([reply(b"asked"), 0.05, b"garbage"], reply(b"next"))
+    sent = threading.Event()
+    server = serve([reply(b"asked"), 0.05, b"garbage", sent], reply(b"next"))
     async with client() as c:
         first = await c.get(server.url)
-        await anyio.sleep(0.2)  # the garbage arrives on the idle connection
+        assert sent.wait(30)  # the garbage is on the idle connection (a hang guard)
+        # asyncio hands bytes to the connection when its loop polls the socket: it does in
+        # the first checkpoint, and this task resumes from the second after that.
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         second = await c.get(server.url)
         assert second.text == "next"
         assert second.extensions[CONN_ID] != first.extensions[CONN_ID]
@@ -615,7 +623,10 @@ async def test_http11_server_closing_idle_connection_is_replaced(
     server = serve([reply(b"first"), 0.05, CLOSE], reply(b"second"))
     async with client() as c:
         first = await c.get(server.url)
-        await anyio.sleep(0.2)  # the server closes the idle keep-alive connection
+        # The server closes the idle keep-alive connection (a hang guard, not a measurement).
+        assert server.connections[0].finished.wait(30)
+        await anyio.lowlevel.checkpoint()  # the loop polls the socket (asyncio), as above
+        await anyio.lowlevel.checkpoint()
         second = await c.get(server.url)
         assert second.text == "second"
         assert second.extensions[CONN_ID] != first.extensions[CONN_ID]
