@@ -142,8 +142,9 @@ class ScriptedServer:
         for thread in self._threads:
             thread.join(5)
 
-    def wait_finished(self, connections: int, timeout: float = 2.0) -> None:
-        """Wait until ``connections`` were accepted and all are closed (by either side)."""
+    def wait_finished(self, connections: int, timeout: float = 30.0) -> None:
+        """Wait until ``connections`` were accepted and all are closed (by either side); the
+        timeout is a hang guard."""
         deadline = time.monotonic() + timeout
         while len(self.connections) < connections and time.monotonic() < deadline:
             time.sleep(0.005)
