@@ -84,9 +84,17 @@ class Received:
         }
 
 
+@dataclass(frozen=True)
+class Until:
+    """Send nothing more until the test sets ``event`` (30 s at most, a hang guard)."""
+
+    event: threading.Event
+
+
 #: bytes are sent (one send each, TCP_NODELAY), a float is a pause in seconds, an Event is
-#: set once the actions before it are done (a test waits on it rather than sleeping).
-Action = bytes | float | threading.Event | _Act
+#: set once the actions before it are done (a test waits on it rather than sleeping), and
+#: Until holds the rest back until the test is ready for it.
+Action = bytes | float | threading.Event | Until | _Act
 Answer = bytes | Sequence[Action]
 
 
@@ -251,6 +259,8 @@ class ScriptedServer:
                 time.sleep(action)
             elif isinstance(action, threading.Event):
                 action.set()
+            elif isinstance(action, Until):
+                action.event.wait(30)
             elif action is CLOSE:
                 return False
             elif action is LINGER:
