@@ -28,7 +28,17 @@ from httpx_extensions._http11 import MAX_HEAD_SIZE, MAX_INFORMATIONAL, HTTP11Con
 
 from . import test_http11
 from .conftest import assert_pool_clean
-from .test_http11 import CLOSE, HANG, Action, ScriptedServer, Until, client, reply, split
+from .test_http11 import (
+    CLOSE,
+    HANG,
+    READ,
+    Action,
+    ScriptedServer,
+    Until,
+    client,
+    reply,
+    split,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -750,7 +760,8 @@ async def test_http11_connect_tunnel_starts_tls_when_nothing_came_early(
 ) -> None:
     # No early bytes: the TLS handshake starts on the tunnel (here against a server that
     # answers it with garbage, so the handshake fails with a TLS error, not a ProxyError).
-    server = serve([b"HTTP/1.1 200 Connection established\r\n\r\n", 0.05, b"not tls\r\n", CLOSE])
+    # The garbage comes only once the client's ClientHello is in: nothing can come early.
+    server = serve([b"HTTP/1.1 200 Connection established\r\n\r\n", READ, b"not tls\r\n", CLOSE])
     async with client() as c:
         async with c.stream("CONNECT", server.url) as response:
             stream = response.extensions["network_stream"]

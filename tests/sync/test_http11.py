@@ -52,6 +52,8 @@ CLOSE = _Act("CLOSE")
 HANG = _Act("HANG")
 #: Send back whatever arrives until the client closes (for upgraded connections).
 ECHO = _Act("ECHO")
+#: Wait for the client's next bytes (recorded, not parsed), then go on.
+READ = _Act("READ")
 #: Close as servers that answer before reading the body do: stop sending, read and discard
 #: for 0.1 s, then close (a reset if the client is still sending).
 LINGER = _Act("LINGER")
@@ -258,6 +260,11 @@ class ScriptedServer:
                 action.event.wait(30)
             elif action is CLOSE:
                 return False
+            elif action is READ:
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                conn.recvs.append(data)
             elif action is LINGER:
                 sock.shutdown(socket.SHUT_WR)
                 sock.settimeout(0.02)
@@ -419,10 +426,18 @@ def test_http11_content_length_body_split_in_segments(
     data = reply(body)
     body_start = len(data) - len(body)
     cuts = (10, body_start - 1, body_start + 1, len(data) - 5000, len(data) - 1)
-    server = serve(split(data, *cuts), reply(b"again"))
+    # The pauses split most reads; the last byte waits for the first part to be read, so
+    # the body arrives in pieces however slowly this client runs.
+    first_read = threading.Event()
+    answer = split(data, *cuts)
+    answer.insert(-1, Until(first_read))
+    server = serve(answer, reply(b"again"))
     with client() as c:
         with c.stream("GET", server.url) as response:
-            parts = [part for part in response.iter_raw()]
+            parts = []
+            for part in response.iter_raw():
+                parts.append(part)
+                first_read.set()
         assert b"".join(parts) == body
         assert len(parts) > 1  # it really arrived in pieces
         again = c.get(server.url)
