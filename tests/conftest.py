@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import anyio
 import pytest
 import trustme
 
@@ -76,3 +77,12 @@ def assert_pool_clean(client: ExClient) -> None:
         in (ConnectionState.ACTIVE, ConnectionState.RESERVED, ConnectionState.CONNECTING)
     ]
     assert leftover == [], f"connections left busy: {leftover}"
+
+
+async def settled(condition: Callable[[], bool]) -> None:
+    """Wait until another thread (a loopback server's) makes ``condition`` true, as when the
+    server has closed a connection: its counters change on its own thread, at its own pace.
+    The bound turns a hang into a failure; nothing is measured."""
+    with anyio.fail_after(30):
+        while not condition():  # noqa: ASYNC110 - another thread's counter
+            await anyio.sleep(0.005)

@@ -26,7 +26,7 @@ from httpx_extensions import (
 )
 
 from .authflows import NonceAuth, SlowNonceAuth
-from .conftest import assert_pool_clean
+from .conftest import assert_pool_clean, settled
 from .servers import LoopbackServer
 
 pytestmark = pytest.mark.anyio
@@ -136,7 +136,7 @@ async def test_client_pin_to_expired_connection_warns_and_falls_back(
     with LoopbackServer(idle_timeout=0.1) as server:
         async with ExClient() as client:
             first = await client.get(server.url + "/")
-            await anyio.sleep(0.4)  # the server closes the idle connection
+            await settled(lambda: server.open_connections == 0)  # it closed the idle one
             with caplog.at_level(logging.WARNING, logger="httpx_extensions"):
                 again = await client.get(
                     server.url + "/", extensions={CONN_ID: first.extensions[CONN_ID]}
@@ -468,12 +468,17 @@ async def test_client_max_connections_never_exceeded(server: LoopbackServer) -> 
 
 
 async def test_client_keepalive_expiry_closes_idle_connections(server: LoopbackServer) -> None:
+    # The pool's clock is the test's: how fast this machine runs does not decide which
+    # request finds the connection expired.
+    now = [1000.0]
     limits = httpx.Limits(keepalive_expiry=0.2)
     async with ExClient(limits=limits) as client:
+        client._transport.pool._clock = lambda: now[0]  # type: ignore[attr-defined]
         first = await client.get(server.url + "/")
+        now[0] += 0.19
         second = await client.get(server.url + "/")
         assert second.extensions[CONN_ID] == first.extensions[CONN_ID]
-        await anyio.sleep(0.4)
+        now[0] += 0.21
         third = await client.get(server.url + "/")
         assert third.extensions[CONN_ID] != first.extensions[CONN_ID]
         assert server.connections_opened == 2
@@ -486,8 +491,7 @@ async def test_client_max_keepalive_bounds_idle_connections(server: LoopbackServ
         await gather(10, client.get, server.url + "/slow?delay=0.05")
         idle = [i for i in client.connections if i.state is ConnectionState.IDLE]
         assert len(idle) == 3
-    await anyio.sleep(0.1)
-    assert server.open_connections == 0  # the client closed everything on exit
+    await settled(lambda: server.open_connections == 0)  # the client closed everything on exit
 
 
 async def test_client_server_closing_idle_connection_is_not_reused() -> None:
@@ -495,7 +499,7 @@ async def test_client_server_closing_idle_connection_is_not_reused() -> None:
         async with ExClient() as client:
             for _ in range(3):
                 assert (await client.get(server.url + "/")).status_code == 200
-                await anyio.sleep(0.3)
+                await settled(lambda: server.open_connections == 0)  # closed while idle
             assert server.connections_opened == 3
 
 

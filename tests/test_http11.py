@@ -55,6 +55,8 @@ CLOSE = _Act("CLOSE")
 HANG = _Act("HANG")
 #: Send back whatever arrives until the client closes (for upgraded connections).
 ECHO = _Act("ECHO")
+#: Wait for the client's next bytes (recorded, not parsed), then go on.
+READ = _Act("READ")
 #: Close as servers that answer before reading the body do: stop sending, read and discard
 #: for 0.1 s, then close (a reset if the client is still sending).
 LINGER = _Act("LINGER")
@@ -82,8 +84,17 @@ class Received:
         }
 
 
-#: bytes are sent (one send each, TCP_NODELAY), a float is a pause in seconds.
-Action = bytes | float | _Act
+@dataclass(frozen=True)
+class Until:
+    """Send nothing more until the test sets ``event`` (30 s at most, a hang guard)."""
+
+    event: threading.Event
+
+
+#: bytes are sent (one send each, TCP_NODELAY), a float is a pause in seconds, an Event is
+#: set once the actions before it are done (a test waits on it rather than sleeping), and
+#: Until holds the rest back until the test is ready for it.
+Action = bytes | float | threading.Event | Until | _Act
 Answer = bytes | Sequence[Action]
 
 
@@ -144,8 +155,9 @@ class ScriptedServer:
         for thread in self._threads:
             thread.join(5)
 
-    def wait_finished(self, connections: int, timeout: float = 2.0) -> None:
-        """Wait until ``connections`` were accepted and all are closed (by either side)."""
+    def wait_finished(self, connections: int, timeout: float = 30.0) -> None:
+        """Wait until ``connections`` were accepted and all are closed (by either side); the
+        timeout is a hang guard."""
         deadline = time.monotonic() + timeout
         while len(self.connections) < connections and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -245,8 +257,17 @@ class ScriptedServer:
                 sock.sendall(action)
             elif isinstance(action, float):
                 time.sleep(action)
+            elif isinstance(action, threading.Event):
+                action.set()
+            elif isinstance(action, Until):
+                action.event.wait(30)
             elif action is CLOSE:
                 return False
+            elif action is READ:
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                conn.recvs.append(data)
             elif action is LINGER:
                 sock.shutdown(socket.SHUT_WR)
                 sock.settimeout(0.02)
@@ -408,10 +429,18 @@ async def test_http11_content_length_body_split_in_segments(
     data = reply(body)
     body_start = len(data) - len(body)
     cuts = (10, body_start - 1, body_start + 1, len(data) - 5000, len(data) - 1)
-    server = serve(split(data, *cuts), reply(b"again"))
+    # The pauses split most reads; the last byte waits for the first part to be read, so
+    # the body arrives in pieces however slowly this client runs.
+    first_read = threading.Event()
+    answer = split(data, *cuts)
+    answer.insert(-1, Until(first_read))
+    server = serve(answer, reply(b"again"))
     async with client() as c:
         async with c.stream("GET", server.url) as response:
-            parts = [part async for part in response.aiter_raw()]
+            parts = []
+            async for part in response.aiter_raw():
+                parts.append(part)
+                first_read.set()
         assert b"".join(parts) == body
         assert len(parts) > 1  # it really arrived in pieces
         again = await c.get(server.url)
@@ -597,10 +626,15 @@ async def test_http11_extra_bytes_after_response_not_reused(
 async def test_http11_extra_bytes_arriving_while_idle_not_reused(
     serve: Callable[..., ScriptedServer],
 ) -> None:
-    server = serve([reply(b"asked"), 0.05, b"garbage"], reply(b"next"))
+    sent = threading.Event()
+    server = serve([reply(b"asked"), 0.05, b"garbage", sent], reply(b"next"))
     async with client() as c:
         first = await c.get(server.url)
-        await anyio.sleep(0.2)  # the garbage arrives on the idle connection
+        assert sent.wait(30)  # the garbage is on the idle connection (a hang guard)
+        # asyncio hands bytes to the connection when its loop polls the socket: it does in
+        # the first checkpoint, and this task resumes from the second after that.
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         second = await c.get(server.url)
         assert second.text == "next"
         assert second.extensions[CONN_ID] != first.extensions[CONN_ID]
@@ -613,7 +647,10 @@ async def test_http11_server_closing_idle_connection_is_replaced(
     server = serve([reply(b"first"), 0.05, CLOSE], reply(b"second"))
     async with client() as c:
         first = await c.get(server.url)
-        await anyio.sleep(0.2)  # the server closes the idle keep-alive connection
+        # The server closes the idle keep-alive connection (a hang guard, not a measurement).
+        assert server.connections[0].finished.wait(30)
+        await anyio.lowlevel.checkpoint()  # the loop polls the socket (asyncio), as above
+        await anyio.lowlevel.checkpoint()
         second = await c.get(server.url)
         assert second.text == "second"
         assert second.extensions[CONN_ID] != first.extensions[CONN_ID]
@@ -947,10 +984,13 @@ async def test_http11_longer_timeout_after_a_shorter_one_on_the_same_connection(
     serve: Callable[..., ScriptedServer],
 ) -> None:
     # The first request's deadline passes while the second waits within its own: no timeout.
-    server = serve(reply(b"one"), [0.5, reply(b"late")])
+    # (The server pauses longer than the first timeout after the second request arrives, so
+    # that deadline has passed whatever the machine's speed; the first request itself only
+    # needs to take less than 1 s.)
+    server = serve(reply(b"one"), [1.5, reply(b"late")])
     async with client() as c:
-        assert (await c.get(server.url, timeout=0.2)).text == "one"
-        response = await c.get(server.url, timeout=3.0)
+        assert (await c.get(server.url, timeout=1.0)).text == "one"
+        response = await c.get(server.url, timeout=30.0)
         assert response.text == "late"
         assert len(server.connections) == 1
         assert_pool_clean(c)
@@ -1206,7 +1246,7 @@ async def test_http11_folded_line_with_control_character_refused(
 
 async def test_http11_status_below_100_refused(serve: Callable[..., ScriptedServer]) -> None:
     server = serve([b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n", HANG])
-    async with client(timeout=httpx.Timeout(0.3)) as c:
+    async with client(timeout=httpx.Timeout(30)) as c:  # a hang guard: refused on arrival
         with pytest.raises(httpx.RemoteProtocolError, match=r"099"):
             await c.get(server.url)
         assert_pool_clean(c)
@@ -1217,7 +1257,7 @@ async def test_http11_empty_framing_header_refused(
     serve: Callable[..., ScriptedServer], header: bytes
 ) -> None:
     server = serve([reply(b"body", headers=[header], length=False), HANG])
-    async with client(timeout=httpx.Timeout(0.3)) as c:
+    async with client(timeout=httpx.Timeout(30)) as c:  # a hang guard: refused on arrival
         with pytest.raises(httpx.RemoteProtocolError, match=header.split(b":")[0].decode()):
             await c.get(server.url)
         assert_pool_clean(c)

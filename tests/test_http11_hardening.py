@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,7 +28,17 @@ from httpx_extensions._http11 import MAX_HEAD_SIZE, MAX_INFORMATIONAL, HTTP11Con
 
 from . import test_http11
 from .conftest import assert_pool_clean
-from .test_http11 import CLOSE, HANG, Action, ScriptedServer, client, reply, split
+from .test_http11 import (
+    CLOSE,
+    HANG,
+    READ,
+    Action,
+    ScriptedServer,
+    Until,
+    client,
+    reply,
+    split,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -749,7 +760,8 @@ async def test_http11_connect_tunnel_starts_tls_when_nothing_came_early(
 ) -> None:
     # No early bytes: the TLS handshake starts on the tunnel (here against a server that
     # answers it with garbage, so the handshake fails with a TLS error, not a ProxyError).
-    server = serve([b"HTTP/1.1 200 Connection established\r\n\r\n", 0.05, b"not tls\r\n", CLOSE])
+    # The garbage comes only once the client's ClientHello is in: nothing can come early.
+    server = serve([b"HTTP/1.1 200 Connection established\r\n\r\n", READ, b"not tls\r\n", CLOSE])
     async with client() as c:
         async with c.stream("CONNECT", server.url) as response:
             stream = response.extensions["network_stream"]
@@ -851,7 +863,8 @@ async def test_http11_traced_streamed_response_closed_early(
     serve: Callable[..., ScriptedServer],
 ) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"
-    server = serve([head, 0.05, b"56789"], reply(b"next"))
+    closed = threading.Event()  # the rest of the body comes once the response is closed
+    server = serve([head, Until(closed), b"56789"], reply(b"next"))
     events: list[str] = []
 
     async def trace(name: str, info: dict[str, Any]) -> None:
@@ -860,6 +873,7 @@ async def test_http11_traced_streamed_response_closed_early(
     async with client() as c:
         async with c.stream("GET", server.url, extensions={"trace": trace}) as response:
             assert response.status_code == 200  # closed without reading the body
+        closed.set()
         assert events[-2:] == ["http11.response_closed.started", "http11.response_closed.complete"]
         assert c.connections == []  # closed mid-body: not reused
         assert (await c.get(server.url)).text == "next"

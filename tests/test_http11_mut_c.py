@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,7 @@ from httpx_extensions._http11 import MAX_HEAD_SIZE
 
 from . import test_http11
 from .conftest import assert_pool_clean
-from .test_http11 import HANG, ScriptedServer, client, reply
+from .test_http11 import HANG, ScriptedServer, Until, client, reply
 from .test_http11_hardening import CHUNKED, HOST, _connection, _refused, _Stream
 
 pytestmark = pytest.mark.anyio
@@ -180,7 +181,8 @@ async def test_http11_traced_response_closed_half_read_ends_its_body_event(
     # response_closed, and no async generator is left suspended for the garbage collector
     # to finish at some later time (trio warns of each one).
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"
-    server = serve([head, 0.05, b"56789"], reply(b"next"))
+    closed = threading.Event()  # the rest of the body comes once the response is closed
+    server = serve([head, Until(closed), b"56789"], reply(b"next"))
     events: list[tuple[str, dict[str, Any]]] = []
 
     async def trace(name: str, info: dict[str, Any]) -> None:
@@ -194,6 +196,7 @@ async def test_http11_traced_response_closed_half_read_ends_its_body_event(
                 contextlib.aclosing(response.aiter_raw()) as body,
             ):
                 assert await anext(body) == b"01234"
+            closed.set()
             assert [name for name, _ in events][-4:] == [
                 "http11.receive_response_body.started",
                 "http11.receive_response_body.failed",

@@ -19,6 +19,7 @@ import pytest
 import trustme
 
 from httpx_extensions._network import AsyncioBackend, Deadlines
+from httpx_extensions.testing._loopback import close_writer
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +58,7 @@ async def peer() -> AsyncIterator[Peer]:
         yield p
         while not p.accepted.empty():
             _, writer = p.accepted.get_nowait()
-            writer.close()
+            await close_writer(writer)  # released before the loop closes, not left to the GC
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ async def tls_peer(ca: trustme.CA) -> AsyncIterator[Peer]:
         yield p
         while not p.accepted.empty():
             _, writer = p.accepted.get_nowait()
-            writer.close()
+            await close_writer(writer)  # released before the loop closes, not left to the GC
 
 
 async def _tls_stream(peer: Peer, context: ssl.SSLContext) -> httpcore.AsyncNetworkStream:

@@ -15,6 +15,7 @@ import abc
 import asyncio
 import contextlib
 import itertools
+import socket
 import ssl
 import sys
 import threading
@@ -51,6 +52,10 @@ DISCONNECT_ERRORS: tuple[type[BaseException], ...] = (
     h11.RemoteProtocolError,
     asyncio.IncompleteReadError,
 )
+
+# How a connection may end before it is served: the server stopping, or the client failing or
+# dropping the TLS handshake.
+_HANDSHAKE_ENDS: tuple[type[BaseException], ...] = (asyncio.CancelledError, *DISCONNECT_ERRORS)
 
 _ServerT = TypeVar("_ServerT", bound="ThreadedLoopbackBase")
 
@@ -190,7 +195,7 @@ class ThreadedLoopbackBase(abc.ABC):
         self._started = False
         self._stopping = False
         self._port = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], socket.socket] = {}
         self._seq = itertools.count(1)
         self._connections_opened = 0
         self._open_connections = 0
@@ -327,41 +332,68 @@ class ThreadedLoopbackBase(abc.ABC):
                 self._ready.set()
 
     async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        server = await asyncio.start_server(
-            self._on_connect, self._host, 0, ssl=self._ssl_context, backlog=1024
-        )
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        listener = socket.create_server((self._host, 0), family=family, backlog=1024)
         try:
-            self._port = server.sockets[0].getsockname()[1]
+            listener.setblocking(False)
+            self._port = listener.getsockname()[1]
+            loop.add_reader(listener.fileno(), self._accept, listener)
             self._ready.set()
             await self._stop_event.wait()
         finally:
             self._stopping = True
-            server.close()
-            # Handlers started just before close() may still be scheduled: loop until
-            # none is left so no task is destroyed while pending. (Two rounds at most: a
-            # handler that starts once _stopping is set closes at once, unlisted; ten bound
-            # a bug, not a path a test can take.)
-            for _ in range(10):  # pragma: no branch - see above
-                await asyncio.sleep(0)
-                tasks = list(self._tasks)
-                if not tasks:
-                    break
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            await server.wait_closed()
-            # Let transports run their connection_lost callbacks before the loop closes.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            # No accept can happen after this line: the listener's callback is unregistered
+            # (a call already queued for this loop round is dropped with it).
+            loop.remove_reader(listener.fileno())
+            listener.close()
+            # Every accepted socket is listed with its task from the moment it was accepted
+            # (_accept), so this finds them all, started or not. A task cancelled before its
+            # first step never runs and leaves its socket to us; one that started closes its
+            # own transport (close_writer, or connect_accepted_socket's cleanup mid-TLS-
+            # handshake), and the loop runs the callbacks that release the socket before
+            # gather() returns, as it runs callbacks in the order they were queued.
+            accepted = dict(self._tasks)
+            for task in accepted:
+                task.cancel()
+            await asyncio.gather(*accepted, return_exceptions=True)
+            for sock in accepted.values():
+                sock.close()  # a no-op for a socket its transport closed
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._stopping:
-            await close_writer(writer, abort=True)
-            return
+    def _accept(self, listener: socket.socket) -> None:
+        # A plain callback, not a task: each socket is listed with the task that owns it
+        # before anything else runs, so stopping never misses one. (asyncio.start_server
+        # leaves a gap there: on Python 3.11, Server.close() between an accept and the task
+        # that builds its transport leaves that transport half-built and never closed, a
+        # ResourceWarning when the GC finds it: CPython issue gh-109564.)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                # Nothing left to accept (BlockingIOError), or a connection the peer reset
+                # before it was accepted: the loop calls again while one is pending.
+                return
+            sock.setblocking(False)
+            self._tasks[loop.create_task(self._on_connect(sock))] = sock
+
+    async def _on_connect(self, sock: socket.socket) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            # The TLS handshake, for an https server; cancelled mid-way (the server
+            # stopping), it closes the transport it made itself.
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self._ssl_context
+            )
+        except _HANDSHAKE_ENDS:
+            self._tasks.pop(task, None)
+            return  # a failed handshake is the client's doing: silent by design
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         seq = next(self._seq)
         with self._lock:
             self._connections_opened += 1
@@ -380,7 +412,7 @@ class ThreadedLoopbackBase(abc.ABC):
             self._report(exc)
         finally:
             await close_writer(writer, abort=self._stopping)
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             with self._lock:
                 self._open_connections -= 1
 
