@@ -217,3 +217,68 @@ async def test_pool_mut_connection_parked_exactly_the_bound_ago_counts_as_unclai
             await h.pool.release(conn)
     await h.pool.release(bob)
     assert _busy(h) == []
+
+
+async def test_pool_mut_parks_pass_the_oldest_over_counted_from_when_it_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Parking alice's freed connection counts as passing over the oldest waiter (bob-1), at
+    # most MAX_BYPASSES times, counted from when bob-1 joined: parks before then do not count.
+    monkeypatch.setattr(_pool, "MAX_BYPASSES", 2)
+    clock = FakeClock()  # stands still: no park reaches PARK_BOUND here
+    h = Harness(max_connections=2, keepalive_expiry=None, clock=clock)
+    alice = await h.acquire(A, partition="alice")
+    bob = await h.acquire(A, partition="bob")
+
+    async def park_and_reclaim() -> None:
+        await h.pool.release(alice)
+        assert alice.state is ConnectionState.IDLE  # parked for alice
+        assert await h.acquire(A, partition="alice", timeout=0) is alice  # no checkpoint
+
+    async with anyio.create_task_group() as tg:
+        waiting = _Untimed(h, tg)
+        await waiting.add("bob-0", "bob")
+        for _ in range(2):  # two passes over bob-0
+            await park_and_reclaim()
+        await h.pool.release(bob)  # bob-0's own key: handed over in the release
+        name, bob = await waiting.next_served()
+        assert name == "bob-0"
+        await waiting.add("bob-1", "bob")  # joins after two passes
+        for _ in range(2):  # its own two
+            await park_and_reclaim()
+            assert h.pool.waiting == 1
+        await h.pool.release(alice)  # the third: bob-1 has had its share and gets the slot
+        assert alice.state is ConnectionState.CLOSED
+        name, conn = await waiting.next_served()
+        assert (name, conn.partition) == ("bob-1", "bob")
+        assert conn is not bob
+        await h.pool.release(conn)
+    await h.pool.release(bob)
+    assert _busy(h) == []
+
+
+async def test_pool_mut_key_whose_connections_all_closed_gets_the_freed_slot_at_once() -> None:
+    # bob's two connections were closed (not reusable). When alice's connection frees, bob's
+    # queued request has no connection of its own that could come back: it gets the slot in
+    # that release, not after a parking bound (the clock stands still: it would never pass).
+    clock = FakeClock()
+    h = Harness(max_connections=3, keepalive_expiry=None, clock=clock)
+    bobs = [await h.acquire(A, partition="bob") for _ in range(2)]
+    alice = await h.acquire(A, partition="alice")
+    for conn in bobs:
+        assert conn.connection is not None
+        conn.connection.idle = False  # type: ignore[attr-defined]
+        await h.pool.release(conn)
+    carols = [await h.acquire(A, partition="carol") for _ in range(2)]
+    async with anyio.create_task_group() as tg:
+        waiting = _Untimed(h, tg)
+        await waiting.add("bob", "bob")  # the pool is full: alice's and carol's
+        await h.pool.release(alice)
+        assert h.pool.waiting == 0  # handed over in the release itself
+        assert alice.state is ConnectionState.CLOSED
+        name, conn = await waiting.next_served()
+        assert (name, conn.partition) == ("bob", "bob")
+        await h.pool.release(conn)
+    for conn in carols:
+        await h.pool.release(conn)
+    assert _busy(h) == []
