@@ -282,3 +282,31 @@ async def test_pool_mut_key_whose_connections_all_closed_gets_the_freed_slot_at_
     for conn in carols:
         await h.pool.release(conn)
     assert _busy(h) == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pool_mut_served_waits_leave_no_deadline_behind() -> None:
+    # On asyncio a queued request's pool timeout is one entry in the pool's shared deadline
+    # keeper (_network.Deadlines), which passes over finished futures without dropping them:
+    # a wait that ends must remove its own entry, or a long-lived client keeps every queued
+    # request's future it ever served (found by `scripts/mutate sync`).
+    h = Harness(max_connections=1)
+    conn = await h.acquire(A)
+    served: list[PooledConnection] = []
+
+    async def request() -> None:
+        got = await h.acquire(A, timeout=60.0)
+        served.append(got)
+        await h.pool.release(got)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(request)
+        await anyio.wait_all_tasks_blocked()
+        assert h.pool.waiting == 3
+        deadlines = h.pool._deadlines
+        assert deadlines is not None
+        assert len(deadlines._entries) == 3  # each wait's timeout kept, one timer for all
+        await h.pool.release(conn)
+    assert served == [conn] * 3
+    assert len(deadlines._entries) == 0

@@ -90,7 +90,7 @@ class AsyncWakeUp:
     (trio) it uses anyio's primitives.
     """
 
-    __slots__ = ("_event", "_future", "_nudged")
+    __slots__ = ("_event", "_future")
 
     def __init__(self) -> None:
         try:
@@ -99,7 +99,6 @@ class AsyncWakeUp:
             loop = None
         self._future: asyncio.Future[None] | None = None
         self._event: anyio.Event | None = None
-        self._nudged = False
         if loop is not None:
             self._future = loop.create_future()
         else:
@@ -111,7 +110,6 @@ class AsyncWakeUp:
     def nudge(self) -> None:
         """End the current (or next) :meth:`wait` early, without waking for good: the waiter
         looks again at what it waits for, calls :meth:`rearm` and waits again."""
-        self._nudged = True
         self._set()  # not wake(): a subclass's wake() means "for good"
 
     def _set(self) -> None:
@@ -125,12 +123,13 @@ class AsyncWakeUp:
     def rearm(self) -> None:
         """Undo a :meth:`nudge` or a timeout so that the next :meth:`wait` waits. Call it
         where :meth:`wake` cannot run meanwhile (the pool's lock), after checking it has not."""
+        # Nudged, or past its deadline: spent either way, so a fresh one. (Nothing can have
+        # woken it: the caller checked under the lock that every wake() is called under.)
         future = self._future
-        if future is not None:  # nudged, or failed by its deadline: spent either way
+        if future is not None:
             self._future = future.get_loop().create_future()
-        elif self._nudged:
+        else:
             self._event = anyio.Event()
-        self._nudged = False
 
     async def wait(
         self,
@@ -168,25 +167,22 @@ class SyncWakeUp:
     """The wake-up of one waiting thread: its own ``threading.Event``, so a freed connection
     wakes exactly the one thread it is handed to (a shared Condition would wake them all)."""
 
-    __slots__ = ("_event", "_nudged")
+    __slots__ = ("_event",)
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._nudged = False
 
     def wake(self) -> None:
         self._event.set()
 
     def nudge(self) -> None:
         """End the current (or next) :meth:`wait` early (see the async twin)."""
-        self._nudged = True
         self._event.set()
 
     def rearm(self) -> None:
-        """Undo a :meth:`nudge`; under the lock that every :meth:`wake` is called under."""
-        if self._nudged:
-            self._nudged = False
-            self._event.clear()
+        """Undo a :meth:`nudge` or a timeout; under the lock that every :meth:`wake` is
+        called under, after checking it has not."""
+        self._event.clear()
 
     def wait(
         self,
