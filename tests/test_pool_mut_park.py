@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from httpx_extensions import _pool
@@ -310,3 +311,23 @@ async def test_pool_mut_served_waits_leave_no_deadline_behind() -> None:
         await h.pool.release(conn)
     assert served == [conn] * 3
     assert len(deadlines._entries) == 0
+
+
+async def test_pool_mut_closes_finish_inside_a_cancelled_scope() -> None:
+    # A request cancelled by its caller's cancel scope (anyio.fail_after, a task group
+    # cancelling) still closes the connections it drops: a close that awaits (a TLS
+    # close_notify, a drain) runs to the end instead of being cut at its first checkpoint
+    # and leaving the socket open (found by `scripts/mutate sync`: async_shield's shield).
+    class SlowClose:
+        closed = False
+
+        async def aclose(self) -> None:
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            self.closed = True
+
+    conns = [SlowClose(), SlowClose()]
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await close_all(conns)  # type: ignore[arg-type]
+    assert [c.closed for c in conns] == [True, True]

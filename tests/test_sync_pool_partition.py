@@ -24,6 +24,7 @@ import pytest
 from httpx_extensions import CONN_ID, ConnectionState, ExSyncClient, NTLMAuth, PoolTimeout
 from httpx_extensions._sync import _pool as sync_pool
 from httpx_extensions._sync._pool import ConnectionPool, PooledConnection, _Waiter
+from httpx_extensions._synchronization import SyncWakeUp
 
 from .conftest import assert_pool_clean
 from .servers import IISLikeServer, write_user_file
@@ -248,3 +249,23 @@ def test_sync_client_caller_holding_its_keys_only_connection_gets_a_slot(
             assert alice_conn[0] not in {info.conn_id for info in client.connections}
         assert_pool_clean(client)  # type: ignore[arg-type]
     assert iis.connections_opened == 3  # alice's connection closed, one opened for bob
+
+
+def test_sync_wake_up_past_deadline_times_out_without_waiting() -> None:
+    # A waiter whose deadline passed while it looked again at what to wait for (a nudge, a
+    # parking bound) raises at once: the pool timeout is not stretched by a wait of its own.
+    # (found by `scripts/mutate sync`). The Event stands in so no clock is read.
+    waited: list[float | None] = []
+
+    class Event:
+        def wait(self, timeout: float | None = None) -> bool:
+            waited.append(timeout)
+            return False
+
+    wake_up = SyncWakeUp()
+    wake_up._event = Event()  # type: ignore[assignment]
+    with pytest.raises(TimeoutError):
+        wake_up.wait(5.0, None, lambda: 7.5)  # 2.5 s past
+    with pytest.raises(TimeoutError):
+        wake_up.wait(9.0, None, lambda: 7.5)
+    assert waited == [0, 1.5]
